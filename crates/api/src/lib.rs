@@ -1,0 +1,1 @@
+//! Stowage custom resource types.

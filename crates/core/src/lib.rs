@@ -1,0 +1,1 @@
+//! Stowage data path.
