@@ -331,4 +331,144 @@ mod tests {
             Err(LayoutError::UnknownCompression("lz4".to_string()))
         );
     }
+
+    #[test]
+    fn keys_longer_than_object_stores_accept_are_refused() {
+        let l = layout("backups");
+        let fits = "x".repeat(MAX_PAYLOAD_KEY_BYTES - "backups/execbackup/s/".len());
+        let key = l
+            .templated_key("ExecBackup", Some("s"), &fits, "")
+            .expect("fits exactly");
+        assert_eq!(key.len(), MAX_PAYLOAD_KEY_BYTES);
+        assert_eq!(Layout::manifest_key(&key).len(), 1024);
+        let err = l
+            .templated_key("ExecBackup", Some("s"), &fits, "gz")
+            .expect_err("3 bytes too long");
+        assert!(
+            err.to_string().contains("would be 1013 bytes long"),
+            "{err}"
+        );
+    }
+
+    /// tests/fixtures/layout.yaml: templated keys and is_within.
+    mod fixtures {
+        use serde::Deserialize;
+
+        use super::*;
+        use crate::template::{PathTemplate, TemplateVars};
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fixture {
+            prefix: String,
+            now: DateTime<Utc>,
+            templated: Vec<TemplatedCase>,
+            within: Vec<WithinCase>,
+        }
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct TemplatedCase {
+            name: String,
+            prefix: Option<String>,
+            kind: String,
+            namespace: Option<String>,
+            rendered: Option<String>,
+            template: Option<String>,
+            #[serde(default)]
+            object_name: String,
+            ext: String,
+            want: Option<String>,
+            error: Option<String>,
+        }
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct WithinCase {
+            scope: String,
+            key: String,
+            want: bool,
+        }
+
+        fn fixture() -> Fixture {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/layout.yaml");
+            let text =
+                std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {path}: {err}"));
+            serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"))
+        }
+
+        fn key(fixture: &Fixture, case: &TemplatedCase) -> Result<String, String> {
+            let l = layout(case.prefix.as_deref().unwrap_or(&fixture.prefix));
+            let rendered = match (&case.rendered, &case.template) {
+                (Some(rendered), None) => rendered.clone(),
+                (None, Some(template)) => {
+                    let vars = TemplateVars {
+                        now: fixture.now,
+                        name: case.object_name.clone(),
+                        namespace: case.namespace.clone().unwrap_or_default(),
+                        kind: case.kind.clone(),
+                        schedule_name: String::new(),
+                    };
+                    let template =
+                        PathTemplate::parse(template).map_err(|err| format!("template: {err}"))?;
+                    template
+                        .render(&vars)
+                        .map_err(|err| format!("template: {err}"))?
+                }
+                _ => panic!(
+                    "case {:?} needs exactly one of rendered and template",
+                    case.name
+                ),
+            };
+            l.templated_key(&case.kind, case.namespace.as_deref(), &rendered, &case.ext)
+                .map_err(|err| err.to_string())
+        }
+
+        #[test]
+        fn templated_keys_from_fixtures() {
+            let fixture = fixture();
+            assert!(fixture.templated.len() > 30, "the fixture lost its cases");
+            let mut failures = Vec::new();
+            for case in &fixture.templated {
+                let got = key(&fixture, case);
+                let ok = match (&got, &case.want, &case.error) {
+                    (Ok(key), Some(want), None) => key == want && Path::parse(key).is_ok(),
+                    (Err(err), None, Some(want)) => err.contains(want.as_str()),
+                    (_, None, None) | (_, Some(_), Some(_)) => {
+                        panic!("case {:?} needs exactly one of want and error", case.name)
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    let want = case.want.as_ref().or(case.error.as_ref());
+                    failures.push(format!("{}\n  want: {want:?}\n  got:  {got:?}", case.name));
+                }
+            }
+            let total = fixture.templated.len();
+            assert!(
+                failures.is_empty(),
+                "{} of {total} cases failed:\n{}",
+                failures.len(),
+                failures.join("\n")
+            );
+        }
+
+        #[test]
+        fn is_within_from_fixtures() {
+            let fixture = fixture();
+            let l = layout(&fixture.prefix);
+            let failures: Vec<String> = fixture
+                .within
+                .iter()
+                .filter(|case| l.is_within(&case.scope, &case.key) != case.want)
+                .map(|case| {
+                    format!(
+                        "is_within({:?}, {:?}) should be {}",
+                        case.scope, case.key, case.want
+                    )
+                })
+                .collect();
+            assert!(failures.is_empty(), "{}", failures.join("\n"));
+        }
+    }
 }
