@@ -70,17 +70,19 @@ impl Layout {
     }
 
     /// `<prefix>/<kind, lowercased>/<namespace or _cluster>`: where all artifacts of one kind in
-    /// one namespace live. `kind` is a Stowage kind and `namespace` a Kubernetes namespace name,
-    /// both already valid path segments.
+    /// one namespace live. `kind` is a Stowage kind and `namespace` a Kubernetes namespace name.
+    ///
+    /// Nothing is dropped or repaired: an empty or malformed kind, namespace or name (which the
+    /// API server does not allow) gives a key that `Path::parse` refuses, so the upload fails
+    /// loudly instead of landing in another scope.
     pub fn scope(&self, kind: &str, namespace: Option<&str>) -> String {
         let kind = kind.to_ascii_lowercase();
         let namespace = namespace.unwrap_or(CLUSTER_SCOPE);
-        debug_assert!(
-            check_relative(&kind).is_ok()
-                && check_relative(namespace).is_ok()
-                && !namespace.contains('/')
-        );
-        join(&[&self.prefix, &kind, namespace])
+        if self.prefix.is_empty() {
+            format!("{kind}/{namespace}")
+        } else {
+            format!("{}/{kind}/{namespace}", self.prefix)
+        }
     }
 
     /// `<scope>/<name>/<UTC timestamp YYYYMMDDTHHMMSSZ>.<ext>`, the key of a backup without a path
@@ -93,9 +95,8 @@ impl Layout {
         at: DateTime<Utc>,
         ext: &str,
     ) -> String {
-        debug_assert!(check_relative(name).is_ok() && !name.contains('/') && valid_extension(ext));
-        let file = at.format("%Y%m%dT%H%M%SZ").to_string();
-        let key = join(&[&self.scope(kind, namespace), name, &file]);
+        let file = at.format("%Y%m%dT%H%M%SZ");
+        let key = format!("{}/{name}/{file}", self.scope(kind, namespace));
         if ext.is_empty() {
             key
         } else {
@@ -123,7 +124,7 @@ impl Layout {
         }
         let relative = rendered.strip_prefix('/').unwrap_or(rendered);
         check_relative(relative).map_err(refuse)?;
-        let key = with_extension(&join(&[&self.scope(kind, namespace), relative]), ext);
+        let key = with_extension(&format!("{}/{relative}", self.scope(kind, namespace)), ext);
         if key.len() > MAX_PAYLOAD_KEY_BYTES {
             return Err(refuse(format!(
                 "the object key would be {} bytes long; object stores accept at most {MAX_PAYLOAD_KEY_BYTES} (with room for the manifest suffix)",
@@ -176,16 +177,6 @@ pub fn extension(compression: &str, encrypted: bool) -> Result<String, LayoutErr
         .copied()
         .collect::<Vec<_>>()
         .join("."))
-}
-
-/// Joins non-empty parts with `/` (the prefix may be empty).
-fn join(parts: &[&str]) -> String {
-    parts
-        .iter()
-        .filter(|part| !part.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// Appends the parts of `ext` that `key` does not already end with: the longest leading run of
@@ -300,6 +291,24 @@ mod tests {
             "etcdbackup/_cluster/etcd/20261123T185700Z"
         );
         assert!(Path::parse(l.default_key("ExecBackup", Some("shop"), "db", at, "zst")).is_ok());
+    }
+
+    #[test]
+    fn malformed_names_give_keys_object_store_refuses() {
+        let at = Utc
+            .with_ymd_and_hms(2026, 11, 23, 18, 57, 0)
+            .single()
+            .expect("valid");
+        let l = layout("backups");
+        for (namespace, name) in [
+            (Some(""), "db"),
+            (Some("shop"), ""),
+            (Some("shop"), ".."),
+            (Some(".."), "db"),
+        ] {
+            let key = l.default_key("ExecBackup", namespace, name, at, "gz");
+            assert!(Path::parse(&key).is_err(), "{key:?} should be refused");
+        }
     }
 
     #[test]
