@@ -12,7 +12,7 @@
 //! strings`, integers and parenthesised pipelines.
 //!
 //! Functions: `now`, `date LAYOUT TIME` (Go reference-time layout, UTC; TIME may be unix
-//! seconds), `unixEpoch TIME`, `printf FORMAT ARGS...` (`%s %d %v %q %%`, flags, widths),
+//! seconds), `dateInZone LAYOUT TIME ZONE` (an IANA zone such as "Europe/Berlin"), `unixEpoch TIME`, `printf FORMAT ARGS...` (`%s %d %v %q %%`, flags, widths),
 //! `lower S`, `upper S`, `trim S`, `trimPrefix PREFIX S`, `trimSuffix SUFFIX S`,
 //! `replace OLD NEW S` and `default DEFAULT VALUE` (VALUE unless it is "" or 0).
 //!

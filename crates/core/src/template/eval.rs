@@ -2,6 +2,7 @@
 //! (after `default` mixed two types, or a `printf` format that is not a literal) can fail here.
 
 use chrono::DateTime;
+use chrono_tz::Tz;
 
 use super::printf::Format;
 use super::{Call, Expr, Func, Pipeline, TemplateVars, Value, Var};
@@ -41,11 +42,10 @@ impl Call {
             .collect::<Result<Vec<_>, _>>()?;
         args.extend(piped);
         let mut args = args.into_iter();
-        let mut string = |what: &str| args.next().ok_or("missing argument")?.into_str(what);
         let value = match self.func {
             Func::Now => Value::Time(vars.now),
-            Func::Date => {
-                let layout = string("the layout of date")?;
+            Func::Date | Func::DateInZone => {
+                let layout = next_str(&mut args, "the layout of date")?;
                 let time = match args.next() {
                     Some(Value::Time(t)) => t,
                     Some(Value::Int(seconds)) => DateTime::from_timestamp(seconds, 0)
@@ -57,7 +57,12 @@ impl Call {
                         ));
                     }
                 };
-                Value::Str(golayout::format(&time, &layout))
+                if self.func == Func::Date {
+                    Value::Str(golayout::format(&time, &layout))
+                } else {
+                    let zone = time_zone(&next_str(&mut args, "the zone of dateInZone")?)?;
+                    Value::Str(golayout::format(&time.with_timezone(&zone), &layout))
+                }
             }
             Func::UnixEpoch => match args.next() {
                 Some(Value::Time(t)) => Value::Str(t.timestamp().to_string()),
@@ -69,7 +74,7 @@ impl Call {
                 }
             },
             Func::Printf => {
-                let format = string("the format of printf")?;
+                let format = next_str(&mut args, "the format of printf")?;
                 let rest: Vec<Value> = args.collect();
                 let formatted = match &self.format {
                     Some(parsed) => parsed.apply(&rest),
@@ -78,34 +83,38 @@ impl Call {
                 Value::Str(formatted.map_err(|err| format!("printf: {err}"))?)
             }
             Func::Lower => Value::Str(simple_case(
-                &string("the argument of lower")?,
+                &next_str(&mut args, "the argument of lower")?,
                 char::to_lowercase,
             )),
             Func::Upper => Value::Str(simple_case(
-                &string("the argument of upper")?,
+                &next_str(&mut args, "the argument of upper")?,
                 char::to_uppercase,
             )),
-            Func::Trim => Value::Str(string("the argument of trim")?.trim().to_string()),
+            Func::Trim => Value::Str(
+                next_str(&mut args, "the argument of trim")?
+                    .trim()
+                    .to_string(),
+            ),
             Func::TrimPrefix => {
                 let (prefix, s) = (
-                    string("the prefix of trimPrefix")?,
-                    string("the string of trimPrefix")?,
+                    next_str(&mut args, "the prefix of trimPrefix")?,
+                    next_str(&mut args, "the string of trimPrefix")?,
                 );
                 Value::Str(s.strip_prefix(prefix.as_str()).unwrap_or(&s).to_string())
             }
             Func::TrimSuffix => {
                 let (suffix, s) = (
-                    string("the suffix of trimSuffix")?,
-                    string("the string of trimSuffix")?,
+                    next_str(&mut args, "the suffix of trimSuffix")?,
+                    next_str(&mut args, "the string of trimSuffix")?,
                 );
                 Value::Str(s.strip_suffix(suffix.as_str()).unwrap_or(&s).to_string())
             }
             Func::Replace => {
                 let (old, new) = (
-                    string("the old text of replace")?,
-                    string("the new text of replace")?,
+                    next_str(&mut args, "the old text of replace")?,
+                    next_str(&mut args, "the new text of replace")?,
                 );
-                Value::Str(string("the string of replace")?.replace(&old, &new))
+                Value::Str(next_str(&mut args, "the string of replace")?.replace(&old, &new))
             }
             Func::Default => {
                 let fallback = args.next().ok_or("missing argument")?;
@@ -133,6 +142,22 @@ fn simple_case<I: Iterator<Item = char>>(s: &str, map: fn(char) -> I) -> String 
             }
         })
         .collect()
+}
+
+/// A time zone by its IANA name; "" and "UTC" are UTC, as for Go's `time.LoadLocation`.
+pub(super) fn time_zone(name: &str) -> Result<Tz, String> {
+    match name {
+        "" | "UTC" => Ok(chrono_tz::UTC),
+        // Sprig's `date` uses Go's Local zone; ours is UTC, so "Local" would mislead.
+        "Local" => Err("time zone \"Local\" is not supported: name the zone, such as \"Europe/Berlin\" or \"UTC\"".to_string()),
+        _ => name.parse::<Tz>().map_err(|_| {
+            format!("unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\" or \"UTC\"")
+        }),
+    }
+}
+
+fn next_str(args: &mut impl Iterator<Item = Value>, what: &str) -> Result<String, String> {
+    args.next().ok_or("missing argument")?.into_str(what)
 }
 
 fn describe(value: Option<&Value>) -> &'static str {

@@ -25,6 +25,7 @@ const VARS: [(&str, Var); 4] = [
 pub(super) enum Func {
     Now,
     Date,
+    DateInZone,
     UnixEpoch,
     Printf,
     Lower,
@@ -74,7 +75,7 @@ struct FuncSpec {
     usage: &'static str,
 }
 
-const FUNCS: [FuncSpec; 11] = [
+const FUNCS: [FuncSpec; 12] = [
     FuncSpec {
         func: Func::Now,
         name: "now",
@@ -88,6 +89,13 @@ const FUNCS: [FuncSpec; 11] = [
         params: &[Param::Str, Param::TimeOrUnix],
         variadic: false,
         usage: "date LAYOUT TIME",
+    },
+    FuncSpec {
+        func: Func::DateInZone,
+        name: "dateInZone",
+        params: &[Param::Str, Param::TimeOrUnix, Param::Str],
+        variadic: false,
+        usage: "dateInZone LAYOUT TIME ZONE",
     },
     FuncSpec {
         func: Func::UnixEpoch,
@@ -418,6 +426,9 @@ impl Parser<'_> {
                 .and_then(|f| f.check(&kinds[1..]).map(|()| f))
                 .map_err(|message| self.problem(pos, format!("printf: {message}")))?;
             format = Some(parsed);
+        }
+        if let (Func::DateInZone, Some(Expr::Str(zone))) = (spec.func, args.get(2)) {
+            super::eval::time_zone(zone).map_err(|message| self.problem(pos, message))?;
         }
         let kind = match spec.func {
             Func::Now => Kind::Time,
