@@ -163,6 +163,15 @@ impl Layout {
 
 /// The extension of a payload: the compression's (`gz`, `zst` or none) then `age` when encrypted,
 /// e.g. `gz.age`. `compression` is `gzip`, `zstd` or `none` (or its extension: `gz`, `zst`, "").
+/// Parses a key into an object store path without re-encoding it, refusing
+/// what is not a plain key (for keys that come from users or from storage).
+pub fn object_path(key: &str) -> Result<object_store::path::Path, LayoutError> {
+    object_store::path::Path::parse(key).map_err(|e| LayoutError::InvalidPath {
+        rendered: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 pub fn extension(compression: &str, encrypted: bool) -> Result<String, LayoutError> {
     let compressed = match compression.to_ascii_lowercase().as_str() {
         "gzip" | "gz" => "gz",

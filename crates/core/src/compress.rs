@@ -1,0 +1,281 @@
+//! Compression stages (write side) and decoders (read side).
+//!
+//! Every write stage is a [`FinishWrite`]: a `Write` with an explicit finish
+//! step that writes its trailer and then finishes the stage below it, so a
+//! chain is closed exactly once, top to bottom. A stage that is dropped
+//! without `finish` leaves an invalid stream behind, never a valid-looking one.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use flate2::write::GzEncoder;
+
+use crate::bridge::ChannelWriter;
+use crate::record::{Algorithm, Compression};
+use crate::tally::TallyWriter;
+
+/// A write stage with an explicit finish step.
+pub(crate) trait FinishWrite: Write + Send {
+    /// Writes any trailer, then finishes every stage below this one.
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+impl FinishWrite for ChannelWriter {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+impl FinishWrite for TallyWriter<Box<dyn FinishWrite>> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.into_inner().finish()
+    }
+}
+
+/// Wraps `inner` in the compression stage for `compression`.
+pub(crate) fn compressor(compression: &Compression, inner: Box<dyn FinishWrite>) -> io::Result<Box<dyn FinishWrite>> {
+    let level = compression.effective_level();
+    let workers = compression.effective_workers();
+    Ok(match compression.algorithm {
+        Algorithm::None => inner,
+        Algorithm::Gzip if workers <= 1 => Box::new(Gzip(GzEncoder::new(inner, flate2::Compression::new(level)))),
+        Algorithm::Gzip => Box::new(ParallelGzip::new(inner, level, workers)),
+        Algorithm::Zstd => {
+            let mut encoder = zstd::stream::write::Encoder::new(inner, level as i32)?;
+            if workers > 1 {
+                encoder.multithread(workers as u32)?;
+            }
+            Box::new(Zstd(encoder))
+        }
+    })
+}
+
+/// Wraps `inner` in the decoder for `algorithm`. gzip input may hold several members.
+pub(crate) fn decompressor<'a>(algorithm: Algorithm, inner: Box<dyn Read + Send + 'a>) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match algorithm {
+        Algorithm::None => inner,
+        Algorithm::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(64 * 1024, inner))),
+        Algorithm::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
+    })
+}
+
+/// Single-threaded gzip: one member.
+struct Gzip(GzEncoder<Box<dyn FinishWrite>>);
+
+impl Write for Gzip {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FinishWrite for Gzip {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.0.finish()?.finish()
+    }
+}
+
+/// Multithreaded zstd (zstd's own worker pool).
+struct Zstd(zstd::stream::write::Encoder<'static, Box<dyn FinishWrite>>);
+
+impl Write for Zstd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FinishWrite for Zstd {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.0.finish()?.finish()
+    }
+}
+
+/// Input per parallel gzip member. Members are independent, so each costs its
+/// first 32 KiB of context; at 1 MiB that is well under 1% of ratio.
+const GZIP_BLOCK: usize = 1024 * 1024;
+
+struct Job {
+    data: Vec<u8>,
+    reply: SyncSender<io::Result<Vec<u8>>>,
+}
+
+/// Parallel gzip in the manner of pigz: the input is cut into blocks that a
+/// pool of threads compresses as independent gzip members, written out in
+/// order. `gunzip` (and [`decompressor`]) read the concatenation as one stream.
+struct ParallelGzip {
+    inner: Box<dyn FinishWrite>,
+    block: Vec<u8>,
+    /// Members in flight, oldest first; bounded to keep memory flat.
+    pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
+    max_pending: usize,
+    jobs: Option<SyncSender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    wrote_member: bool,
+}
+
+impl ParallelGzip {
+    fn new(inner: Box<dyn FinishWrite>, level: u32, workers: usize) -> Self {
+        let (jobs, queue) = sync_channel::<Job>(workers);
+        let queue = Arc::new(Mutex::new(queue));
+        let threads = (0..workers)
+            .map(|_| {
+                let queue = queue.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        // Holding the lock only while receiving hands each job to one idle worker.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let _ = job.reply.send(gzip_member(&job.data, level));
+                    }
+                })
+            })
+            .collect();
+        ParallelGzip {
+            inner,
+            block: Vec::with_capacity(GZIP_BLOCK),
+            pending: VecDeque::new(),
+            max_pending: workers * 2,
+            jobs: Some(jobs),
+            threads,
+            wrote_member: false,
+        }
+    }
+
+    fn submit_block(&mut self) -> io::Result<()> {
+        let data = std::mem::replace(&mut self.block, Vec::with_capacity(GZIP_BLOCK));
+        let (reply, result) = sync_channel(1);
+        let jobs = self.jobs.as_ref().ok_or_else(|| io::Error::other("parallel gzip already finished"))?;
+        jobs.send(Job { data, reply }).map_err(|_| io::Error::other("gzip worker threads stopped"))?;
+        self.pending.push_back(result);
+        self.wrote_member = true;
+        while self.pending.len() > self.max_pending {
+            self.write_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some(result) = self.pending.pop_front() {
+            let member = result.recv().map_err(|_| io::Error::other("a gzip worker thread died"))??;
+            self.inner.write_all(&member)?;
+        }
+        Ok(())
+    }
+}
+
+fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 3 + 64), flate2::Compression::new(level));
+    encoder.write_all(data)?;
+    encoder.finish()
+}
+
+impl Write for ParallelGzip {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(GZIP_BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == GZIP_BLOCK {
+            self.submit_block()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FinishWrite for ParallelGzip {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        // An empty input still becomes one (empty) member: valid gzip for any reader.
+        if !self.block.is_empty() || !self.wrote_member {
+            self.submit_block()?;
+        }
+        while !self.pending.is_empty() {
+            self.write_oldest()?;
+        }
+        self.jobs = None;
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+        self.inner.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A terminal stage collecting into a shared buffer.
+    struct Collect(Arc<Mutex<Vec<u8>>>);
+    impl Write for Collect {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl FinishWrite for Collect {
+        fn finish(self: Box<Self>) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn round_trip(compression: &Compression, data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let mut stage = compressor(compression, Box::new(Collect(out.clone()))).unwrap();
+        for piece in data.chunks(100_000) {
+            stage.write_all(piece).unwrap();
+        }
+        stage.finish().unwrap();
+        let compressed = out.lock().unwrap().clone();
+        let mut back = Vec::new();
+        decompressor(compression.algorithm, Box::new(io::Cursor::new(compressed.clone())))
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        (compressed, back)
+    }
+
+    #[test]
+    fn every_algorithm_round_trips_including_empty_input() {
+        let text: Vec<u8> = (0..3_500_000u32).map(|i| b"INSERT INTO t VALUES (42, 'stowage');\n"[(i % 38) as usize]).collect();
+        for compression in [
+            Compression::gzip(6),
+            Compression { workers: Some(1), ..Compression::gzip(1) },
+            Compression { workers: Some(3), ..Compression::gzip(9) },
+            Compression::zstd(3),
+            Compression { workers: Some(1), ..Compression::zstd(19) },
+            Compression::none(),
+        ] {
+            for data in [&text[..], &[][..], &b"x"[..]] {
+                let (compressed, back) = round_trip(&compression, data);
+                assert_eq!(back, data, "{compression:?} with {} bytes", data.len());
+                if compression.algorithm != Algorithm::None && data.len() > 1000 {
+                    assert!(compressed.len() < data.len() / 10, "{compression:?} did not compress");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_gzip_writes_several_members_in_order() {
+        let data: Vec<u8> = (0..(5 * GZIP_BLOCK as u32 + 17)).map(|i| (i % 251) as u8).collect();
+        let (compressed, back) = round_trip(&Compression { workers: Some(2), ..Compression::gzip(6) }, &data);
+        assert_eq!(back, data);
+        let members = compressed.windows(3).filter(|w| w == &[0x1f, 0x8b, 0x08]).count();
+        assert!(members >= 6, "expected at least 6 gzip members, found {members}");
+    }
+}
