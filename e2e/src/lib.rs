@@ -1,1 +1,2 @@
 //! The test bed.
+pub mod csi;

@@ -286,3 +286,46 @@ impl AsyncRead for Generated {
         Poll::Ready(Ok(()))
     }
 }
+
+/// An `AsyncWrite` that keeps only the count and SHA-256 of what it receives,
+/// so tests and benchmarks can check gigabytes without holding them.
+#[derive(Debug, Default)]
+pub struct HashingSink {
+    hasher: sha2::Sha256,
+    bytes: u64,
+    shut_down: bool,
+}
+
+impl HashingSink {
+    /// Bytes received.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hex SHA-256 of the bytes received.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        hex::encode(self.hasher.clone().finalize())
+    }
+
+    /// Whether the writer ended the stream (shutdown).
+    pub fn was_shut_down(&self) -> bool {
+        self.shut_down
+    }
+}
+
+impl tokio::io::AsyncWrite for HashingSink {
+    fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        use sha2::Digest;
+        self.hasher.update(buf);
+        self.bytes += buf.len() as u64;
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shut_down = true;
+        Poll::Ready(Ok(()))
+    }
+}
