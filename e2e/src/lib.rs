@@ -1,2 +1,13 @@
 //! The test bed.
+pub mod bed;
+pub mod controlplane;
+pub mod crds;
 pub mod csi;
+pub mod envtest;
+pub mod etcd;
+pub mod namespace;
+pub mod pki;
+pub mod process;
+pub mod testbed;
+
+pub use bed::{TestBed, bed, wait_for};

@@ -1,0 +1,174 @@
+//! Applying the project's manifests to the test bed: every CustomResourceDefinition first
+//! (waiting until each is Established), then any other objects in the same files.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::discovery::Discovery;
+use serde::Deserialize as _;
+
+const FIELD_MANAGER: &str = "stowage-testbed";
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root (this crate's parent directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Every YAML file in `deploy/crds/` and `e2e/manifests/`, sorted; missing directories are empty.
+pub fn bed_manifest_files() -> anyhow::Result<Vec<PathBuf>> {
+    let root = repo_root();
+    let mut files = Vec::new();
+    for dir in [root.join("deploy/crds"), root.join("e2e/manifests")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("listing {}", dir.display()))?
+                .path();
+            let is_yaml = path
+                .extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml");
+            if is_yaml && path.is_file() {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Server-side applies every document of `files`: CRDs first, waiting until they are
+/// Established, then the rest (which may be custom resources of those CRDs).
+pub async fn apply_files(client: &kube::Client, files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut crds = Vec::new();
+    let mut others = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(document)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            if value.is_null() {
+                continue;
+            }
+            if value["kind"] == "CustomResourceDefinition" {
+                let crd: CustomResourceDefinition = serde_json::from_value(value)
+                    .with_context(|| format!("a CustomResourceDefinition in {}", file.display()))?;
+                crds.push(crd);
+            } else {
+                let object: DynamicObject = serde_json::from_value(value)
+                    .with_context(|| format!("an object in {}", file.display()))?;
+                others.push((file.clone(), object));
+            }
+        }
+    }
+    apply_crds(client, &crds).await?;
+    if others.is_empty() {
+        return Ok(());
+    }
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .context("discovering API resources")?;
+    for (file, object) in others {
+        apply_object(client, &discovery, &object)
+            .await
+            .with_context(|| format!("applying {}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// Applies the CRDs and waits until each is Established.
+pub async fn apply_crds(
+    client: &kube::Client,
+    crds: &[CustomResourceDefinition],
+) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in crds {
+        let name = crd
+            .metadata
+            .name
+            .as_deref()
+            .context("a CustomResourceDefinition without a name")?;
+        api.patch(name, &params, &Patch::Apply(crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+    }
+    for crd in crds {
+        let name = crd.metadata.name.as_deref().unwrap_or_default();
+        wait_established(&api, name).await?;
+    }
+    Ok(())
+}
+
+async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + ESTABLISH_TIMEOUT;
+    loop {
+        let crd = api
+            .get(name)
+            .await
+            .with_context(|| format!("reading CRD {name}"))?;
+        let established = crd
+            .status
+            .and_then(|status| status.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|condition| condition.type_ == "Established" && condition.status == "True");
+        if established {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "CRD {name} not Established after {ESTABLISH_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn apply_object(
+    client: &kube::Client,
+    discovery: &Discovery,
+    object: &DynamicObject,
+) -> anyhow::Result<()> {
+    let types = object
+        .types
+        .as_ref()
+        .context("an object without apiVersion and kind")?;
+    let gvk = kube::api::GroupVersionKind::try_from(types)?;
+    let (resource, capabilities) = discovery.resolve_gvk(&gvk).with_context(|| {
+        format!(
+            "the API server does not serve {}/{}",
+            types.api_version, types.kind
+        )
+    })?;
+    let name = object
+        .metadata
+        .name
+        .as_deref()
+        .context("an object without a name")?;
+    let api: Api<DynamicObject> = match (capabilities.scope, object.metadata.namespace.as_deref()) {
+        (kube::discovery::Scope::Namespaced, Some(namespace)) => {
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        }
+        (kube::discovery::Scope::Namespaced, None) => {
+            Api::default_namespaced_with(client.clone(), &resource)
+        }
+        (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .with_context(|| format!("applying {} {name}", types.kind))?;
+    Ok(())
+}
