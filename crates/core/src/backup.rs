@@ -48,7 +48,12 @@ pub struct BackupRequest {
 
 impl BackupRequest {
     /// A request with default compression (gzip 6), no encryption and default upload tuning.
-    pub fn new(store: Arc<dyn ObjectStore>, path: impl Into<String>, kind: impl Into<String>, source: impl Into<String>) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        path: impl Into<String>,
+        kind: impl Into<String>,
+        source: impl Into<String>,
+    ) -> Self {
         BackupRequest {
             store,
             path: path.into(),
@@ -97,7 +102,10 @@ impl Staged {
         };
         let json = serde_json::to_vec_pretty(&manifest)?;
         let path = object_path(&self.artifact.manifest_path)?;
-        self.store.put(&path, PutPayload::from(json)).await.map_err(|e| Error::storage("manifest upload", &path, e))?;
+        self.store
+            .put(&path, PutPayload::from(json))
+            .await
+            .map_err(|e| Error::storage("manifest upload", &path, e))?;
         Ok(self.artifact)
     }
 
@@ -135,23 +143,27 @@ pub async fn stream_payload<R: AsyncRead + Unpin + Send>(request: BackupRequest,
     let uploader = Uploader::new(request.store.clone(), path, request.upload.clone());
     let (read, (uploader, upload), encoded) =
         tokio::join!(read_source(source, input_tx), upload(uploader, output_rx), encoder);
-    let encoded = encoded.unwrap_or_else(|join| Err(EncodeError::Failed(Error::Stage { stage: "encoding", source: std::io::Error::other(join) })));
+    let encoded = encoded.unwrap_or_else(|join| {
+        Err(EncodeError::Failed(Error::Stage {
+            stage: "encoding",
+            source: std::io::Error::other(join),
+        }))
+    });
 
     // The root cause wins: a failing stage makes its neighbours fail too.
     let failure = match (read, upload, encoded) {
         (_, Err(e), _) | (Err(e), _, _) | (_, _, Err(EncodeError::Failed(e))) => Some(e),
-        (_, _, Err(EncodeError::Interrupted)) => {
-            Some(Error::Stage { stage: "encoding", source: std::io::Error::other("the pipeline stopped unexpectedly") })
-        }
+        (_, _, Err(EncodeError::Interrupted)) => Some(Error::Stage {
+            stage: "encoding",
+            source: std::io::Error::other("the pipeline stopped unexpectedly"),
+        }),
         (Ok(()), Ok(()), Ok(())) => None,
     };
     if let Some(error) = failure {
         uploader.abort().await;
         return Err(error);
     }
-    if let Err(error) = uploader.finish().await {
-        return Err(error);
-    }
+    uploader.finish().await?;
 
     let (plaintext_bytes, plaintext_sha256) = request.progress.plaintext.finish();
     let (stored_bytes, stored_sha256) = request.progress.stored.finish();
@@ -233,11 +245,15 @@ fn encode(
     let mut chain: Box<dyn FinishWrite> = Box::new(TallyWriter::new(compressed, progress.plaintext.clone()));
     loop {
         match input.blocking_recv() {
-            Some(Input::Data(chunk)) => chain.write_all(&chunk).map_err(stage_error("compression and encryption"))?,
-            Some(Input::End) => return chain.finish().map_err(stage_error("finishing compression and encryption")),
+            Some(Input::Data(chunk)) => chain
+                .write_all(&chunk)
+                .map_err(stage_error("compression and encryption"))?,
+            Some(Input::End) => {
+                return chain
+                    .finish()
+                    .map_err(stage_error("finishing compression and encryption"));
+            }
             None => return Err(EncodeError::Interrupted),
         }
     }
 }
-
-

@@ -21,7 +21,10 @@ pub(crate) struct ChannelWriter {
 
 impl ChannelWriter {
     pub(crate) fn new(tx: mpsc::Sender<Bytes>) -> Self {
-        ChannelWriter { tx, buf: BytesMut::with_capacity(CHUNK) }
+        ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK),
+        }
     }
 
     fn send_buffered(&mut self) -> io::Result<()> {
@@ -62,7 +65,10 @@ pub(crate) struct ChannelReader {
 
 impl ChannelReader {
     pub(crate) fn new(rx: mpsc::Receiver<io::Result<Bytes>>) -> Self {
-        ChannelReader { rx, current: Bytes::new() }
+        ChannelReader {
+            rx,
+            current: Bytes::new(),
+        }
     }
 }
 

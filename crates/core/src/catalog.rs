@@ -37,14 +37,23 @@ impl CatalogEntry {
 
 /// Lists every payload under `prefix` with its manifest, newest first.
 pub async fn list(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<CatalogEntry>> {
-    let location = if prefix.is_empty() { None } else { Some(object_path(prefix)?) };
-    let objects: Vec<_> =
-        store.list(location.as_ref()).try_collect().await.map_err(|e| Error::storage("list", prefix, e))?;
+    let location = if prefix.is_empty() {
+        None
+    } else {
+        Some(object_path(prefix)?)
+    };
+    let objects: Vec<_> = store
+        .list(location.as_ref())
+        .try_collect()
+        .await
+        .map_err(|e| Error::storage("list", prefix, e))?;
     let manifests: std::collections::HashSet<String> = objects
         .iter()
         .filter_map(|o| o.location.as_ref().strip_suffix(MANIFEST_SUFFIX).map(str::to_string))
         .collect();
-    let payloads = objects.into_iter().filter(|o| !o.location.as_ref().ends_with(MANIFEST_SUFFIX));
+    let payloads = objects
+        .into_iter()
+        .filter(|o| !o.location.as_ref().ends_with(MANIFEST_SUFFIX));
     let mut entries: Vec<CatalogEntry> = futures::stream::iter(payloads)
         .map(|object| {
             let path = object.location.to_string();
@@ -58,7 +67,13 @@ pub async fn list(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<CatalogEn
                 } else {
                     (None, Some("no manifest: the backup did not complete".to_string()))
                 };
-                CatalogEntry { path, size: object.size, last_modified: object.last_modified, manifest, problem }
+                CatalogEntry {
+                    path,
+                    size: object.size,
+                    last_modified: object.last_modified,
+                    manifest,
+                    problem,
+                }
             }
         })
         .buffer_unordered(8)

@@ -54,10 +54,16 @@ pub(crate) fn compressor(compression: &Compression, inner: Box<dyn FinishWrite>)
 }
 
 /// Wraps `inner` in the decoder for `algorithm`. gzip input may hold several members.
-pub(crate) fn decompressor<'a>(algorithm: Algorithm, inner: Box<dyn Read + Send + 'a>) -> io::Result<Box<dyn Read + Send + 'a>> {
+pub(crate) fn decompressor<'a>(
+    algorithm: Algorithm,
+    inner: Box<dyn Read + Send + 'a>,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match algorithm {
         Algorithm::None => inner,
-        Algorithm::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(64 * 1024, inner))),
+        Algorithm::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(
+            64 * 1024,
+            inner,
+        ))),
         Algorithm::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
     })
 }
@@ -155,8 +161,12 @@ impl ParallelGzip {
     fn submit_block(&mut self) -> io::Result<()> {
         let data = std::mem::replace(&mut self.block, Vec::with_capacity(GZIP_BLOCK));
         let (reply, result) = sync_channel(1);
-        let jobs = self.jobs.as_ref().ok_or_else(|| io::Error::other("parallel gzip already finished"))?;
-        jobs.send(Job { data, reply }).map_err(|_| io::Error::other("gzip worker threads stopped"))?;
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("parallel gzip already finished"))?;
+        jobs.send(Job { data, reply })
+            .map_err(|_| io::Error::other("gzip worker threads stopped"))?;
         self.pending.push_back(result);
         self.wrote_member = true;
         while self.pending.len() > self.max_pending {
@@ -167,7 +177,9 @@ impl ParallelGzip {
 
     fn write_oldest(&mut self) -> io::Result<()> {
         if let Some(result) = self.pending.pop_front() {
-            let member = result.recv().map_err(|_| io::Error::other("a gzip worker thread died"))??;
+            let member = result
+                .recv()
+                .map_err(|_| io::Error::other("a gzip worker thread died"))??;
             self.inner.write_all(&member)?;
         }
         Ok(())
@@ -251,13 +263,24 @@ mod tests {
 
     #[test]
     fn every_algorithm_round_trips_including_empty_input() {
-        let text: Vec<u8> = (0..3_500_000u32).map(|i| b"INSERT INTO t VALUES (42, 'stowage');\n"[(i % 38) as usize]).collect();
+        let text: Vec<u8> = (0..3_500_000u32)
+            .map(|i| b"INSERT INTO t VALUES (42, 'stowage');\n"[(i % 38) as usize])
+            .collect();
         for compression in [
             Compression::gzip(6),
-            Compression { workers: Some(1), ..Compression::gzip(1) },
-            Compression { workers: Some(3), ..Compression::gzip(9) },
+            Compression {
+                workers: Some(1),
+                ..Compression::gzip(1)
+            },
+            Compression {
+                workers: Some(3),
+                ..Compression::gzip(9)
+            },
             Compression::zstd(3),
-            Compression { workers: Some(1), ..Compression::zstd(19) },
+            Compression {
+                workers: Some(1),
+                ..Compression::zstd(19)
+            },
             Compression::none(),
         ] {
             for data in [&text[..], &[][..], &b"x"[..]] {
@@ -273,7 +296,13 @@ mod tests {
     #[test]
     fn parallel_gzip_writes_several_members_in_order() {
         let data: Vec<u8> = (0..(5 * GZIP_BLOCK as u32 + 17)).map(|i| (i % 251) as u8).collect();
-        let (compressed, back) = round_trip(&Compression { workers: Some(2), ..Compression::gzip(6) }, &data);
+        let (compressed, back) = round_trip(
+            &Compression {
+                workers: Some(2),
+                ..Compression::gzip(6)
+            },
+            &data,
+        );
         assert_eq!(back, data);
         let members = compressed.windows(3).filter(|w| w == &[0x1f, 0x8b, 0x08]).count();
         assert!(members >= 6, "expected at least 6 gzip members, found {members}");

@@ -30,9 +30,12 @@ impl Recipients {
         let mut parsed = Recipients::default();
         for recipient in recipients {
             let text = recipient.as_ref().trim();
-            let invalid = |reason: &str| Error::InvalidRecipient { recipient: text.to_string(), reason: reason.to_string() };
+            let invalid = |reason: &str| Error::InvalidRecipient {
+                recipient: text.to_string(),
+                reason: reason.to_string(),
+            };
             let key: Box<dyn age::Recipient + Send + Sync> = if text.starts_with("age1") {
-                Box::new(age::x25519::Recipient::from_str(text).map_err(|e| invalid(e))?)
+                Box::new(age::x25519::Recipient::from_str(text).map_err(invalid)?)
             } else if text.starts_with("ssh-") {
                 Box::new(age::ssh::Recipient::from_str(text).map_err(|e| invalid(&ssh_reason(e)))?)
             } else if text.starts_with("AGE-SECRET-KEY-") || text.starts_with("-----BEGIN") {
@@ -66,8 +69,14 @@ impl Recipients {
             return Ok(inner);
         }
         let encryptor = age::Encryptor::with_recipients(self.keys.iter().map(|k| k.as_ref() as &dyn age::Recipient))
-            .map_err(|e| Error::InvalidRecipient { recipient: self.names.join(", "), reason: e.to_string() })?;
-        let writer = encryptor.wrap_output(inner).map_err(|source| Error::Stage { stage: "encryption", source })?;
+            .map_err(|e| Error::InvalidRecipient {
+                recipient: self.names.join(", "),
+                reason: e.to_string(),
+            })?;
+        let writer = encryptor.wrap_output(inner).map_err(|source| Error::Stage {
+            stage: "encryption",
+            source,
+        })?;
         Ok(Box::new(AgeWriter(writer)))
     }
 }
@@ -136,19 +145,26 @@ impl Identities {
                 age::ssh::Identity::Unencrypted(_) => self.keys.push(Box::new(key)),
                 age::ssh::Identity::Encrypted(_) => {
                     return Err(Error::InvalidIdentity(
-                        "the SSH private key is passphrase-protected: store an unencrypted copy (ssh-keygen -p -N '')".into(),
+                        "the SSH private key is passphrase-protected: store an unencrypted copy (ssh-keygen -p -N '')"
+                            .into(),
                     ));
                 }
                 age::ssh::Identity::Unsupported(_) => {
-                    return Err(Error::InvalidIdentity("this SSH key type is not supported by age".into()));
+                    return Err(Error::InvalidIdentity(
+                        "this SSH key type is not supported by age".into(),
+                    ));
                 }
             }
         } else {
             let file = age::IdentityFile::from_buffer(text.as_bytes())
                 .map_err(|e| Error::InvalidIdentity(format!("not an age identity file: {e}")))?;
-            let keys = file.into_identities().map_err(|e| Error::InvalidIdentity(e.to_string()))?;
+            let keys = file
+                .into_identities()
+                .map_err(|e| Error::InvalidIdentity(e.to_string()))?;
             if keys.is_empty() {
-                return Err(Error::InvalidIdentity("the key file holds no AGE-SECRET-KEY-1… line".into()));
+                return Err(Error::InvalidIdentity(
+                    "the key file holds no AGE-SECRET-KEY-1… line".into(),
+                ));
             }
             self.keys.extend(keys);
         }
@@ -162,7 +178,11 @@ impl Identities {
 
     /// Opens an age stream read from `input`. `recipients` names the artifact's
     /// recipients for the error when no key matches.
-    pub(crate) fn decryptor<'a, R: BufRead + Send + 'a>(&self, input: R, recipients: &[String]) -> Result<Box<dyn Read + Send + 'a>> {
+    pub(crate) fn decryptor<'a, R: BufRead + Send + 'a>(
+        &self,
+        input: R,
+        recipients: &[String],
+    ) -> Result<Box<dyn Read + Send + 'a>> {
         let listed = || recipients.join(", ");
         if self.keys.is_empty() {
             return Err(Error::KeyRequired { recipients: listed() });
@@ -177,8 +197,13 @@ impl Identities {
 
 fn decrypt_error(e: age::DecryptError, recipients: &str) -> Error {
     match e {
-        age::DecryptError::NoMatchingKeys => Error::WrongKey { recipients: recipients.to_string() },
+        age::DecryptError::NoMatchingKeys => Error::WrongKey {
+            recipients: recipients.to_string(),
+        },
         // Header damage is indistinguishable from tampering: report it as such.
-        other => Error::Integrity { path: String::new(), detail: format!("age header: {other}") },
+        other => Error::Integrity {
+            path: String::new(),
+            detail: format!("age header: {other}"),
+        },
     }
 }

@@ -7,7 +7,9 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A recipient string is neither an age X25519 recipient nor a supported SSH public key.
-    #[error("invalid encryption recipient {recipient:?}: {reason} (expected an age recipient `age1…` or an SSH public key `ssh-ed25519 …` / `ssh-rsa …`)")]
+    #[error(
+        "invalid encryption recipient {recipient:?}: {reason} (expected an age recipient `age1…` or an SSH public key `ssh-ed25519 …` / `ssh-rsa …`)"
+    )]
     InvalidRecipient { recipient: String, reason: String },
 
     /// An identity (private key) could not be read.
@@ -15,7 +17,9 @@ pub enum Error {
     InvalidIdentity(String),
 
     /// The payload is encrypted, but none of the given keys is one of its recipients.
-    #[error("none of the decryption keys matches the artifact's recipients ({recipients}): use the private key of one of them")]
+    #[error(
+        "none of the decryption keys matches the artifact's recipients ({recipients}): use the private key of one of them"
+    )]
     WrongKey { recipients: String },
 
     /// The payload is encrypted and no decryption key was given.
@@ -27,7 +31,9 @@ pub enum Error {
     InvalidCompression(String),
 
     /// The manifest (the commit marker) of an artifact does not exist: the backup never completed.
-    #[error("artifact {path} has no manifest ({manifest}): the backup that wrote it did not complete, so it cannot be trusted")]
+    #[error(
+        "artifact {path} has no manifest ({manifest}): the backup that wrote it did not complete, so it cannot be trusted"
+    )]
     ManifestMissing { path: String, manifest: String },
 
     /// The manifest exists but cannot be used.
@@ -98,9 +104,7 @@ impl Error {
             | Error::Template(_)
             | Error::InvalidStorage(_) => "InvalidSpec",
             Error::WrongKey { .. } | Error::KeyRequired { .. } => "DecryptionFailed",
-            Error::ManifestMissing { .. }
-            | Error::ManifestInvalid { .. }
-            | Error::Integrity { .. } => "IntegrityError",
+            Error::ManifestMissing { .. } | Error::ManifestInvalid { .. } | Error::Integrity { .. } => "IntegrityError",
             Error::NotFound { .. } => "ArtifactNotFound",
             Error::Storage { .. } => "StorageUnavailable",
             Error::Source(_) => "SourceFailed",
@@ -117,7 +121,11 @@ impl Error {
     pub(crate) fn storage(operation: &'static str, path: impl ToString, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => Error::NotFound { path: path.to_string() },
-            source => Error::Storage { operation, path: path.to_string(), source },
+            source => Error::Storage {
+                operation,
+                path: path.to_string(),
+                source,
+            },
         }
     }
 }

@@ -191,12 +191,7 @@ fn next_std_chunk(layout: &str) -> (usize, Option<(Std, usize)>) {
 }
 
 /// The zone elements after a `-` or `Z`, longest first in Go's order: 070000, 07:00:00, 0700, 07:00, 07.
-fn first_zone(
-    has: &dyn Fn(usize, &str) -> bool,
-    i: usize,
-    lead: &str,
-    stds: [Std; 5],
-) -> Option<(Std, usize)> {
+fn first_zone(has: &dyn Fn(usize, &str) -> bool, i: usize, lead: &str, stds: [Std; 5]) -> Option<(Std, usize)> {
     ["070000", "07:00:00", "0700", "07:00", "07"]
         .iter()
         .zip(stds)
@@ -205,13 +200,7 @@ fn first_zone(
 }
 
 /// Appends one element, as Go's `appendFormat` does.
-fn append_std<Tz: TimeZone>(
-    out: &mut String,
-    t: &DateTime<Tz>,
-    std: Std,
-    offset: i32,
-    zone_name: Option<&str>,
-) {
+fn append_std<Tz: TimeZone>(out: &mut String, t: &DateTime<Tz>, std: Std, offset: i32, zone_name: Option<&str>) {
     let hour = t.hour();
     let hour12 = match hour % 12 {
         0 => 12,
@@ -261,11 +250,7 @@ fn append_std<Tz: TimeZone>(
             // No name known for this zone, but one must be printed: Go uses the -0700 form.
             None => append_offset(out, offset, false, false, true),
         },
-        Std::Iso8601
-        | Std::Iso8601Seconds
-        | Std::Iso8601Short
-        | Std::Iso8601Colon
-        | Std::Iso8601ColonSeconds
+        Std::Iso8601 | Std::Iso8601Seconds | Std::Iso8601Short | Std::Iso8601Colon | Std::Iso8601ColonSeconds
             if offset == 0 =>
         {
             out.push('Z');
@@ -274,9 +259,7 @@ fn append_std<Tz: TimeZone>(
         Std::Iso8601Seconds | Std::NumZoneSeconds => append_offset(out, offset, false, true, true),
         Std::Iso8601Short | Std::NumZoneShort => append_offset(out, offset, false, false, false),
         Std::Iso8601Colon | Std::NumZoneColon => append_offset(out, offset, true, false, true),
-        Std::Iso8601ColonSeconds | Std::NumZoneColonSeconds => {
-            append_offset(out, offset, true, true, true)
-        }
+        Std::Iso8601ColonSeconds | Std::NumZoneColonSeconds => append_offset(out, offset, true, true, true),
         Std::FracZeros(sep, digits) => append_fraction(out, nanos, sep, digits, false),
         Std::FracNines(sep, digits) => append_fraction(out, nanos, sep, digits, true),
     }
@@ -482,23 +465,12 @@ mod tests {
         let round = utc(4, 120_000_000);
         check(
             &round,
-            &[
-                (".000", ".120"),
-                (".999", ".12"),
-                (".9", ".1"),
-                (".99999", ".12"),
-            ],
+            &[(".000", ".120"), (".999", ".12"), (".9", ".1"), (".99999", ".12")],
         );
         let whole = utc(4, 0);
-        check(
-            &whole,
-            &[(".000", ".000"), (".999", ""), ("05.999999999Z", "06Z")],
-        );
+        check(&whole, &[(".000", ".000"), (".999", ""), ("05.999999999Z", "06Z")]);
         let tiny = utc(4, 1);
-        check(
-            &tiny,
-            &[(".999", ""), (".000", ".000"), (".999999999", ".000000001")],
-        );
+        check(&tiny, &[(".999", ""), (".000", ".000"), (".999999999", ".000000001")]);
         // A run followed by another digit is not a fractional second: ".0001" is ".00" then 01 (month).
         check(&t, &[(".0001", ".0003"), (".991", ".993")]);
     }
@@ -537,15 +509,9 @@ mod tests {
             ],
         );
         let small_west = fixed(-(3600 + 2 * 60 + 3), 4, 0);
-        check(
-            &small_west,
-            &[("-07:00:00", "-01:02:03"), ("Z0700", "-0102")],
-        );
+        check(&small_west, &[("-07:00:00", "-01:02:03"), ("Z0700", "-0102")]);
         // The fields are the local ones, not UTC's.
-        check(
-            &west,
-            &[("2006-01-02T15:04:05Z07:00", "2026-03-07T04:05:06-07:00")],
-        );
+        check(&west, &[("2006-01-02T15:04:05Z07:00", "2026-03-07T04:05:06-07:00")]);
     }
 
     #[test]
@@ -607,15 +573,9 @@ mod tests {
             &[
                 ("01/02 03:04:05PM '06 -0700", "03/07 04:05:06PM '26 -0700"),
                 ("Mon Jan _2 15:04:05 2006", "Sat Mar  7 16:05:06 2026"),
-                (
-                    "Mon Jan 02 15:04:05 -0700 2006",
-                    "Sat Mar 07 16:05:06 -0700 2026",
-                ),
+                ("Mon Jan 02 15:04:05 -0700 2006", "Sat Mar 07 16:05:06 -0700 2026"),
                 ("02 Jan 06 15:04 -0700", "07 Mar 26 16:05 -0700"),
-                (
-                    "Monday, 02-Jan-06 15:04:05 MST",
-                    "Saturday, 07-Mar-26 16:05:06 -0700",
-                ),
+                ("Monday, 02-Jan-06 15:04:05 MST", "Saturday, 07-Mar-26 16:05:06 -0700"),
                 (
                     "2006-01-02T15:04:05.999999999Z07:00",
                     "2026-03-07T16:05:06.123456789-07:00",

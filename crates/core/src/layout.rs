@@ -42,9 +42,7 @@ pub enum LayoutError {
     InvalidPath { rendered: String, reason: String },
     #[error("unknown compression {0:?}: expected gzip, zstd or none")]
     UnknownCompression(String),
-    #[error(
-        "invalid file extension {0:?}: expected dot-separated letters and digits such as \"gz.age\""
-    )]
+    #[error("invalid file extension {0:?}: expected dot-separated letters and digits such as \"gz.age\"")]
     InvalidExtension(String),
 }
 
@@ -87,21 +85,10 @@ impl Layout {
 
     /// `<scope>/<name>/<UTC timestamp YYYYMMDDTHHMMSSZ>.<ext>`, the key of a backup without a path
     /// template. `name` is a Kubernetes object name and `ext` comes from [`extension`].
-    pub fn default_key(
-        &self,
-        kind: &str,
-        namespace: Option<&str>,
-        name: &str,
-        at: DateTime<Utc>,
-        ext: &str,
-    ) -> String {
+    pub fn default_key(&self, kind: &str, namespace: Option<&str>, name: &str, at: DateTime<Utc>, ext: &str) -> String {
         let file = at.format("%Y%m%dT%H%M%SZ");
         let key = format!("{}/{name}/{file}", self.scope(kind, namespace));
-        if ext.is_empty() {
-            key
-        } else {
-            format!("{key}.{ext}")
-        }
+        if ext.is_empty() { key } else { format!("{key}.{ext}") }
     }
 
     /// `<scope>/<rendered>` plus whatever parts of `ext` the rendered name does not already end
@@ -200,8 +187,7 @@ fn with_extension(key: &str, ext: &str) -> String {
         .find(|&n| {
             let suffix = format!(".{}", parts[..n].join("."));
             key.len() >= suffix.len()
-                && key.as_bytes()[key.len() - suffix.len()..]
-                    .eq_ignore_ascii_case(suffix.as_bytes())
+                && key.as_bytes()[key.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
         })
         .unwrap_or(0);
     let missing = &parts[present..];
@@ -233,10 +219,11 @@ fn check_relative(path: &str) -> Result<(), String> {
     }
     for segment in path.split('/') {
         match segment {
-            "" => return Err(
-                "it has an empty segment (\"//\", or a \"/\" at the end or after the leading one)"
-                    .to_string(),
-            ),
+            "" => {
+                return Err(
+                    "it has an empty segment (\"//\", or a \"/\" at the end or after the leading one)".to_string(),
+                );
+            }
             "." | ".." => {
                 return Err(format!(
                     "it has a {segment:?} segment: paths cannot leave their scope or refer to it"
@@ -265,32 +252,18 @@ mod tests {
         assert_eq!(layout("/").prefix(), "");
         assert_eq!(layout("backups").prefix(), "backups");
         assert_eq!(layout("/team/backups/").prefix(), "team/backups");
-        for bad in [
-            "a//b", "a/./b", "../x", "a/..", ".", "a\\b", "a\u{0}b", "a\nb",
-        ] {
+        for bad in ["a//b", "a/./b", "../x", "a/..", ".", "a\\b", "a\u{0}b", "a\nb"] {
             let err = Layout::new(bad).expect_err(bad);
-            assert!(
-                matches!(err, LayoutError::InvalidPrefix { .. }),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(err, LayoutError::InvalidPrefix { .. }), "{bad:?}: {err}");
         }
     }
 
     #[test]
     fn scopes_and_default_keys() {
-        let at = Utc
-            .with_ymd_and_hms(2026, 11, 23, 18, 57, 0)
-            .single()
-            .expect("valid");
+        let at = Utc.with_ymd_and_hms(2026, 11, 23, 18, 57, 0).single().expect("valid");
         let l = layout("backups");
-        assert_eq!(
-            l.scope("ExecBackup", Some("shop")),
-            "backups/execbackup/shop"
-        );
-        assert_eq!(
-            l.scope("ResourceBackup", None),
-            "backups/resourcebackup/_cluster"
-        );
+        assert_eq!(l.scope("ExecBackup", Some("shop")), "backups/execbackup/shop");
+        assert_eq!(l.scope("ResourceBackup", None), "backups/resourcebackup/_cluster");
         assert_eq!(
             l.default_key("ExecBackup", Some("shop"), "mysql-nightly", at, "gz.age"),
             "backups/execbackup/shop/mysql-nightly/20261123T185700Z.gz.age"
@@ -304,10 +277,7 @@ mod tests {
 
     #[test]
     fn malformed_names_give_keys_object_store_refuses() {
-        let at = Utc
-            .with_ymd_and_hms(2026, 11, 23, 18, 57, 0)
-            .single()
-            .expect("valid");
+        let at = Utc.with_ymd_and_hms(2026, 11, 23, 18, 57, 0).single().expect("valid");
         let l = layout("backups");
         for (namespace, name) in [
             (Some(""), "db"),
@@ -322,10 +292,7 @@ mod tests {
 
     #[test]
     fn manifest_keys() {
-        assert_eq!(
-            Layout::manifest_key("a/b/x.sql.gz"),
-            "a/b/x.sql.gz.manifest.json"
-        );
+        assert_eq!(Layout::manifest_key("a/b/x.sql.gz"), "a/b/x.sql.gz.manifest.json");
         assert_eq!(
             Layout::payload_key_of_manifest("a/b/x.sql.gz.manifest.json").as_deref(),
             Some("a/b/x.sql.gz")
@@ -362,10 +329,7 @@ mod tests {
         let err = l
             .templated_key("ExecBackup", Some("s"), &fits, "gz")
             .expect_err("3 bytes too long");
-        assert!(
-            err.to_string().contains("would be 1013 bytes long"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("would be 1013 bytes long"), "{err}");
     }
 
     /// tests/fixtures/layout.yaml: templated keys and is_within.
@@ -410,8 +374,7 @@ mod tests {
 
         fn fixture() -> Fixture {
             let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/layout.yaml");
-            let text =
-                std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {path}: {err}"));
+            let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {path}: {err}"));
             serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"))
         }
 
@@ -427,16 +390,10 @@ mod tests {
                         kind: case.kind.clone(),
                         schedule_name: String::new(),
                     };
-                    let template =
-                        PathTemplate::parse(template).map_err(|err| format!("template: {err}"))?;
-                    template
-                        .render(&vars)
-                        .map_err(|err| format!("template: {err}"))?
+                    let template = PathTemplate::parse(template).map_err(|err| format!("template: {err}"))?;
+                    template.render(&vars).map_err(|err| format!("template: {err}"))?
                 }
-                _ => panic!(
-                    "case {:?} needs exactly one of rendered and template",
-                    case.name
-                ),
+                _ => panic!("case {:?} needs exactly one of rendered and template", case.name),
             };
             l.templated_key(&case.kind, case.namespace.as_deref(), &rendered, &case.ext)
                 .map_err(|err| err.to_string())
@@ -479,12 +436,7 @@ mod tests {
                 .within
                 .iter()
                 .filter(|case| l.is_within(&case.scope, &case.key) != case.want)
-                .map(|case| {
-                    format!(
-                        "is_within({:?}, {:?}) should be {}",
-                        case.scope, case.key, case.want
-                    )
-                })
+                .map(|case| format!("is_within({:?}, {:?}) should be {}", case.scope, case.key, case.want))
                 .collect();
             assert!(failures.is_empty(), "{}", failures.join("\n"));
         }

@@ -48,17 +48,29 @@ pub struct Compression {
 impl Compression {
     /// gzip at the given level.
     pub fn gzip(level: u32) -> Self {
-        Compression { algorithm: Algorithm::Gzip, level: Some(level), workers: None }
+        Compression {
+            algorithm: Algorithm::Gzip,
+            level: Some(level),
+            workers: None,
+        }
     }
 
     /// zstd at the given level.
     pub fn zstd(level: u32) -> Self {
-        Compression { algorithm: Algorithm::Zstd, level: Some(level), workers: None }
+        Compression {
+            algorithm: Algorithm::Zstd,
+            level: Some(level),
+            workers: None,
+        }
     }
 
     /// No compression.
     pub fn none() -> Self {
-        Compression { algorithm: Algorithm::None, level: None, workers: None }
+        Compression {
+            algorithm: Algorithm::None,
+            level: None,
+            workers: None,
+        }
     }
 
     /// The level in effect (the algorithm's default when unset).
@@ -117,7 +129,11 @@ impl Compression {
     pub fn describe(&self) -> String {
         match self.algorithm {
             Algorithm::None => "none".to_string(),
-            algorithm => format!("{} level {}", format!("{algorithm:?}").to_lowercase(), self.effective_level()),
+            algorithm => format!(
+                "{} level {}",
+                format!("{algorithm:?}").to_lowercase(),
+                self.effective_level()
+            ),
         }
     }
 }
@@ -204,7 +220,11 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]
@@ -218,7 +238,10 @@ mod tests {
         assert!(Compression::zstd(19).validate().is_ok());
         assert!(Compression::zstd(0).validate().is_err());
         assert!(Compression::none().validate().is_ok());
-        let with_level = Compression { level: Some(3), ..Compression::none() };
+        let with_level = Compression {
+            level: Some(3),
+            ..Compression::none()
+        };
         assert!(with_level.validate().is_err());
     }
 

@@ -39,7 +39,12 @@ pub struct RestoreRequest {
 impl RestoreRequest {
     /// A request without keys.
     pub fn new(store: Arc<dyn ObjectStore>, path: impl Into<String>) -> Self {
-        RestoreRequest { store, path: path.into(), identities: Arc::new(Identities::none()), progress: Progress::default() }
+        RestoreRequest {
+            store,
+            path: path.into(),
+            identities: Arc::new(Identities::none()),
+            progress: Progress::default(),
+        }
     }
 }
 
@@ -48,9 +53,15 @@ pub async fn read_manifest(store: &dyn ObjectStore, path: &str) -> Result<Manife
     let manifest_path = Layout::manifest_key(path);
     let location = object_path(&manifest_path)?;
     let bytes = match store.get(&location).await {
-        Ok(result) => result.bytes().await.map_err(|e| Error::storage("manifest read", &location, e))?,
+        Ok(result) => result
+            .bytes()
+            .await
+            .map_err(|e| Error::storage("manifest read", &location, e))?,
         Err(object_store::Error::NotFound { .. }) => {
-            return Err(Error::ManifestMissing { path: path.to_string(), manifest: manifest_path });
+            return Err(Error::ManifestMissing {
+                path: path.to_string(),
+                manifest: manifest_path,
+            });
         }
         Err(e) => return Err(Error::storage("manifest read", &location, e)),
     };
@@ -69,14 +80,23 @@ pub async fn restore<W: AsyncWrite + Unpin + Send>(request: RestoreRequest, sink
     let manifest = read_manifest(request.store.as_ref(), &request.path).await?;
     let artifact = &manifest.artifact;
     if artifact.encrypted() && request.identities.is_empty() {
-        return Err(Error::KeyRequired { recipients: artifact.recipients.join(", ") });
+        return Err(Error::KeyRequired {
+            recipients: artifact.recipients.join(", "),
+        });
     }
     let location = object_path(&request.path)?;
-    let payload = request.store.get(&location).await.map_err(|e| Error::storage("download", &location, e))?;
+    let payload = request
+        .store
+        .get(&location)
+        .await
+        .map_err(|e| Error::storage("download", &location, e))?;
     if payload.meta.size != artifact.stored_bytes {
         return Err(integrity(
             &request.path,
-            format!("the payload is {} bytes but its manifest recorded {}: truncated or replaced", payload.meta.size, artifact.stored_bytes),
+            format!(
+                "the payload is {} bytes but its manifest recorded {}: truncated or replaced",
+                payload.meta.size, artifact.stored_bytes
+            ),
         ));
     }
 
@@ -106,7 +126,12 @@ pub async fn restore<W: AsyncWrite + Unpin + Send>(request: RestoreRequest, sink
         Ok::<(), Error>(())
     };
     let ((), decoded, written) = tokio::join!(feed, decoder, write);
-    let decoded = decoded.unwrap_or_else(|join| Err(Error::Stage { stage: "decoding", source: io::Error::other(join) }));
+    let decoded = decoded.unwrap_or_else(|join| {
+        Err(Error::Stage {
+            stage: "decoding",
+            source: io::Error::other(join),
+        })
+    });
     match (decoded, written) {
         (Err(e), _) => return Err(with_path(e, &request.path)),
         (Ok(()), Err(e)) => return Err(e),
@@ -138,7 +163,10 @@ pub async fn restore<W: AsyncWrite + Unpin + Send>(request: RestoreRequest, sink
 }
 
 fn integrity(path: &str, detail: String) -> Error {
-    Error::Integrity { path: path.to_string(), detail }
+    Error::Integrity {
+        path: path.to_string(),
+        detail,
+    }
 }
 
 fn with_path(error: Error, path: &str) -> Error {
@@ -155,7 +183,10 @@ fn decode(
     identities: &Identities,
     progress: &Progress,
 ) -> Result<()> {
-    let stored = BufReader::with_capacity(CHUNK, TallyReader::new(ChannelReader::new(input), progress.stored.clone()));
+    let stored = BufReader::with_capacity(
+        CHUNK,
+        TallyReader::new(ChannelReader::new(input), progress.stored.clone()),
+    );
     let decrypted: Box<dyn Read + Send> = if manifest.artifact.encrypted() {
         identities.decryptor(stored, &manifest.artifact.recipients)?
     } else {
@@ -192,13 +223,16 @@ fn decode(
 /// treat every other read failure as damaged data.
 fn read_error(e: io::Error) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        if let Some(inner) = e.into_inner() {
-            if let Ok(ours) = inner.downcast::<Error>() {
-                return *ours;
-            }
+        if let Some(Ok(ours)) = e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            return *ours;
         }
-        return Error::Stage { stage: "decoding", source: io::Error::other("storage read failed") };
+        return Error::Stage {
+            stage: "decoding",
+            source: io::Error::other("storage read failed"),
+        };
     }
-    Error::Integrity { path: String::new(), detail: format!("the payload does not decode: {e}") }
+    Error::Integrity {
+        path: String::new(),
+        detail: format!("the payload does not decode: {e}"),
+    }
 }
-

@@ -182,7 +182,9 @@ pub fn build(spec: &StorageSpec, credentials: &Credentials) -> Result<Arc<dyn Ob
         }
         StorageType::GCS => {
             let gcs = spec.gcs.as_ref().ok_or_else(|| missing("the gcs section"))?;
-            let mut builder = GoogleCloudStorageBuilder::new().with_bucket_name(&gcs.bucket).with_retry(retry);
+            let mut builder = GoogleCloudStorageBuilder::new()
+                .with_bucket_name(&gcs.bucket)
+                .with_retry(retry);
             if let Some(key) = &credentials.service_account_json {
                 builder = builder.with_service_account_key(key);
             }
@@ -202,9 +204,15 @@ pub fn build(spec: &StorageSpec, credentials: &Credentials) -> Result<Arc<dyn Ob
             Arc::new(builder.build().map_err(|e| Error::InvalidStorage(e.to_string()))?)
         }
         StorageType::Filesystem => {
-            let fs = spec.filesystem.as_ref().ok_or_else(|| missing("the filesystem section"))?;
+            let fs = spec
+                .filesystem
+                .as_ref()
+                .ok_or_else(|| missing("the filesystem section"))?;
             if !fs.path.starts_with('/') {
-                return Err(Error::InvalidStorage(format!("filesystem.path {:?} must be absolute", fs.path)));
+                return Err(Error::InvalidStorage(format!(
+                    "filesystem.path {:?} must be absolute",
+                    fs.path
+                )));
             }
             std::fs::create_dir_all(&fs.path)
                 .map_err(|e| Error::InvalidStorage(format!("cannot create directory {}: {e}", fs.path)))?;
@@ -231,16 +239,31 @@ fn retry_config(spec: Option<&RetrySpec>) -> RetryConfig {
 /// under `prefix`. The error says which of the three steps failed.
 pub async fn check(store: &dyn ObjectStore, prefix: &str) -> Result<()> {
     let nonce = format!("{:016x}", rand_u64());
-    let key = if prefix.is_empty() { format!(".stowage-probe-{nonce}") } else { format!("{prefix}/.stowage-probe-{nonce}") };
+    let key = if prefix.is_empty() {
+        format!(".stowage-probe-{nonce}")
+    } else {
+        format!("{prefix}/.stowage-probe-{nonce}")
+    };
     let path = crate::layout::object_path(&key)?;
     let body = format!("stowage storage probe {nonce}");
-    store.put(&path, PutPayload::from(body.clone().into_bytes())).await.map_err(|e| Error::storage("probe write", &path, e))?;
-    let read = store.get(&path).await.map_err(|e| Error::storage("probe read", &path, e))?;
+    store
+        .put(&path, PutPayload::from(body.clone().into_bytes()))
+        .await
+        .map_err(|e| Error::storage("probe write", &path, e))?;
+    let read = store
+        .get(&path)
+        .await
+        .map_err(|e| Error::storage("probe read", &path, e))?;
     let read = read.bytes().await.map_err(|e| Error::storage("probe read", &path, e))?;
     if read.as_ref() != body.as_bytes() {
-        return Err(Error::InvalidStorage(format!("probe object {path} read back different bytes than written")));
+        return Err(Error::InvalidStorage(format!(
+            "probe object {path} read back different bytes than written"
+        )));
     }
-    store.delete(&path).await.map_err(|e| Error::storage("probe delete", &path, e))?;
+    store
+        .delete(&path)
+        .await
+        .map_err(|e| Error::storage("probe delete", &path, e))?;
     Ok(())
 }
 

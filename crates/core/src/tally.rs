@@ -5,8 +5,8 @@
 //! has been consumed by `finish`.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 

@@ -118,12 +118,10 @@ impl PathTemplate {
             match node {
                 Node::Text(text) => out.push_str(text),
                 Node::Action { pipeline, text } => {
-                    let value = pipeline
-                        .eval(vars)
-                        .map_err(|problem| TemplateError::Render {
-                            problem,
-                            action: text.clone(),
-                        })?;
+                    let value = pipeline.eval(vars).map_err(|problem| TemplateError::Render {
+                        problem,
+                        action: text.clone(),
+                    })?;
                     out.push_str(&value.to_string());
                 }
             }
@@ -229,10 +227,7 @@ impl Value {
     fn into_str(self, what: &str) -> Result<String, String> {
         match self {
             Value::Str(s) => Ok(s),
-            other => Err(format!(
-                "{what} must be a string, got {}",
-                other.kind().describe()
-            )),
+            other => Err(format!("{what} must be a string, got {}", other.kind().describe())),
         }
     }
 }
@@ -243,10 +238,7 @@ impl fmt::Display for Value {
         match self {
             Value::Str(s) => f.write_str(s),
             Value::Int(n) => write!(f, "{n}"),
-            Value::Time(t) => f.write_str(&golayout::format(
-                t,
-                "2006-01-02 15:04:05.999999999 -0700 MST",
-            )),
+            Value::Time(t) => f.write_str(&golayout::format(t, "2006-01-02 15:04:05.999999999 -0700 MST")),
         }
     }
 }

@@ -80,7 +80,12 @@ impl S3Server {
     pub async fn start(bucket: &str) -> io::Result<S3Server> {
         let root = tempfile::Builder::new().prefix("stowage-s3-").tempdir()?;
         std::fs::create_dir(root.path().join(bucket))?;
-        let mut server = S3Server { child: None, root, port: free_port()?, bucket: bucket.to_string() };
+        let mut server = S3Server {
+            child: None,
+            root,
+            port: free_port()?,
+            bucket: bucket.to_string(),
+        };
         server.restart().await?;
         Ok(server)
     }
@@ -103,11 +108,17 @@ impl S3Server {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Err(io::Error::other(format!("s3s-fs exited with {status}; see {}", self.root.path().join("s3s-fs.log").display())));
+                return Err(io::Error::other(format!(
+                    "s3s-fs exited with {status}; see {}",
+                    self.root.path().join("s3s-fs.log").display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(io::Error::other(format!("s3s-fs did not listen on port {} within 10 s", self.port)))
+        Err(io::Error::other(format!(
+            "s3s-fs did not listen on port {} within 10 s",
+            self.port
+        )))
     }
 
     /// Stops the server abruptly, as an outage would.
@@ -144,7 +155,13 @@ impl S3Server {
 
     /// An object store for this server that fails fast instead of retrying for minutes.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
-        let spec = StorageSpec { retry: Some(RetrySpec { max_retries: Some(0), timeout_seconds: Some(5) }), ..self.spec() };
+        let spec = StorageSpec {
+            retry: Some(RetrySpec {
+                max_retries: Some(0),
+                timeout_seconds: Some(5),
+            }),
+            ..self.spec()
+        };
         storage::build(&spec, &self.credentials()).expect("the test server's own spec is valid")
     }
 
@@ -155,7 +172,10 @@ impl S3Server {
 
     /// Multipart uploads that were started and neither completed nor aborted.
     pub fn open_uploads(&self) -> Vec<String> {
-        list_names(self.root.path()).into_iter().filter(|n| n.starts_with(".upload")).collect()
+        list_names(self.root.path())
+            .into_iter()
+            .filter(|n| n.starts_with(".upload"))
+            .collect()
     }
 }
 
@@ -167,7 +187,12 @@ impl Drop for S3Server {
 
 fn list_names(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -175,7 +200,9 @@ fn list_names(dir: &Path) -> Vec<String> {
 pub fn filesystem_spec(dir: &Path) -> StorageSpec {
     StorageSpec {
         storage_type: StorageType::Filesystem,
-        filesystem: Some(FilesystemSpec { path: dir.display().to_string() }),
+        filesystem: Some(FilesystemSpec {
+            path: dir.display().to_string(),
+        }),
         ..StorageSpec::default()
     }
 }
@@ -204,7 +231,14 @@ pub struct Generated {
 impl Generated {
     /// `len` bytes of `pattern`, the same for the same `seed`.
     pub fn new(pattern: Pattern, seed: u64, len: u64) -> Generated {
-        Generated { pattern, remaining: len, state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, line: Vec::new(), line_pos: 0, row: 0 }
+        Generated {
+            pattern,
+            remaining: len,
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            line: Vec::new(),
+            line_pos: 0,
+            row: 0,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -217,8 +251,22 @@ impl Generated {
 
     fn next_line(&mut self) {
         const WORDS: [&str; 16] = [
-            "alpha", "delivered", "pending", "refund", "express", "berlin", "paris", "order", "customer", "invoice",
-            "shipped", "returned", "premium", "standard", "warehouse", "tokyo",
+            "alpha",
+            "delivered",
+            "pending",
+            "refund",
+            "express",
+            "berlin",
+            "paris",
+            "order",
+            "customer",
+            "invoice",
+            "shipped",
+            "returned",
+            "premium",
+            "standard",
+            "warehouse",
+            "tokyo",
         ];
         self.row += 1;
         let r = self.next_u64();

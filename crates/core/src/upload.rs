@@ -24,14 +24,20 @@ pub struct UploadOptions {
 
 impl Default for UploadOptions {
     fn default() -> Self {
-        UploadOptions { part_size: 8 * 1024 * 1024, parts_in_flight: 2 }
+        UploadOptions {
+            part_size: 8 * 1024 * 1024,
+            parts_in_flight: 2,
+        }
     }
 }
 
 enum State {
     /// Nothing sent yet: a payload smaller than one part becomes a single PUT.
     Buffering,
-    Multipart { upload: Box<dyn MultipartUpload>, tasks: JoinSet<object_store::Result<()>> },
+    Multipart {
+        upload: Box<dyn MultipartUpload>,
+        tasks: JoinSet<object_store::Result<()>>,
+    },
 }
 
 /// An upload in progress. Feed it with [`Uploader::push`], then call
@@ -48,7 +54,15 @@ pub(crate) struct Uploader {
 
 impl Uploader {
     pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path, options: UploadOptions) -> Self {
-        Uploader { store, path, options, part: Vec::new(), part_len: 0, parts_sent: 0, state: State::Buffering }
+        Uploader {
+            store,
+            path,
+            options,
+            part: Vec::new(),
+            part_len: 0,
+            parts_sent: 0,
+            state: State::Buffering,
+        }
     }
 
     fn current_part_size(&self) -> usize {
@@ -72,10 +86,19 @@ impl Uploader {
 
     async fn send_part(&mut self) -> Result<()> {
         if let State::Buffering = self.state {
-            let upload = self.store.put_multipart(&self.path).await.map_err(|e| Error::storage("multipart upload start", &self.path, e))?;
-            self.state = State::Multipart { upload, tasks: JoinSet::new() };
+            let upload = self
+                .store
+                .put_multipart(&self.path)
+                .await
+                .map_err(|e| Error::storage("multipart upload start", &self.path, e))?;
+            self.state = State::Multipart {
+                upload,
+                tasks: JoinSet::new(),
+            };
         }
-        let State::Multipart { upload, tasks } = &mut self.state else { unreachable!("multipart state set above") };
+        let State::Multipart { upload, tasks } = &mut self.state else {
+            unreachable!("multipart state set above")
+        };
         while tasks.len() >= self.options.parts_in_flight.max(1) {
             join_one(tasks, &self.path).await?;
         }
@@ -90,17 +113,25 @@ impl Uploader {
     pub(crate) async fn finish(mut self) -> Result<()> {
         if let State::Buffering = self.state {
             let payload = PutPayload::from_iter(std::mem::take(&mut self.part));
-            self.store.put(&self.path, payload).await.map_err(|e| Error::storage("upload", &self.path, e))?;
+            self.store
+                .put(&self.path, payload)
+                .await
+                .map_err(|e| Error::storage("upload", &self.path, e))?;
             return Ok(());
         }
         if self.part_len > 0 {
             self.send_part().await?;
         }
-        let State::Multipart { upload, tasks } = &mut self.state else { unreachable!("multipart state checked above") };
+        let State::Multipart { upload, tasks } = &mut self.state else {
+            unreachable!("multipart state checked above")
+        };
         while !tasks.is_empty() {
             join_one(tasks, &self.path).await?;
         }
-        upload.complete().await.map_err(|e| Error::storage("multipart upload completion", &self.path, e))?;
+        upload
+            .complete()
+            .await
+            .map_err(|e| Error::storage("multipart upload completion", &self.path, e))?;
         Ok(())
     }
 
@@ -108,7 +139,9 @@ impl Uploader {
     /// failed the upload, so the abort is retried for a while rather than
     /// leaving an open multipart upload (and its billed parts) behind.
     pub(crate) async fn abort(self) {
-        let State::Multipart { mut upload, mut tasks } = self.state else { return };
+        let State::Multipart { mut upload, mut tasks } = self.state else {
+            return;
+        };
         tasks.shutdown().await;
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=ABORT_ATTEMPTS {
@@ -134,6 +167,9 @@ async fn join_one(tasks: &mut JoinSet<object_store::Result<()>>, path: &Path) ->
     match tasks.join_next().await {
         Some(Ok(Ok(()))) | None => Ok(()),
         Some(Ok(Err(e))) => Err(Error::storage("part upload", path, e)),
-        Some(Err(join)) => Err(Error::Stage { stage: "part upload", source: std::io::Error::other(join) }),
+        Some(Err(join)) => Err(Error::Stage {
+            stage: "part upload",
+            source: std::io::Error::other(join),
+        }),
     }
 }

@@ -1,6 +1,8 @@
 //! Artifacts are standard files: stock `age`, `gzip` and `zstd` read what
 //! Stowage writes, and Stowage restores what `gzip | age` wrote.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on purpose
+
 mod support;
 
 use std::io::Write;
@@ -37,13 +39,22 @@ async fn stock_tools_read_what_stowage_writes() {
     Generated::new(Pattern::SqlDump, 5, data.len() as u64).fill(&mut data);
 
     for (backend, store) in backends.stores() {
-        for (compression, decompress) in [(Compression::gzip(6), ("gzip", "gzip")), (Compression::zstd(3), ("zstd", "zstd"))] {
+        for (compression, decompress) in [
+            (Compression::gzip(6), ("gzip", "gzip")),
+            (Compression::zstd(3), ("zstd", "zstd")),
+        ] {
             let key = format!("interop/{backend}.{}.age", compression.extension());
             let mut request = BackupRequest::new(store.clone(), &key, "Test", "interop");
             request.compression = compression;
-            request.recipients = Arc::new(Recipients::parse(&[recipient.clone()]).unwrap());
+            request.recipients = Arc::new(Recipients::parse(std::slice::from_ref(&recipient)).unwrap());
             backup(request, &data[..]).await.unwrap();
-            let stored = store.get(&Path::parse(&key).unwrap()).await.unwrap().bytes().await.unwrap();
+            let stored = store
+                .get(&Path::parse(&key).unwrap())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
 
             let mut decrypt = Command::new(&age);
             decrypt.arg("-d").arg("-i").arg(key_file.path());
@@ -70,7 +81,10 @@ async fn stowage_restores_what_gzip_and_age_wrote() {
 
     for (backend, store) in backends.stores() {
         let key = format!("stock/{backend}.sql.gz.age");
-        store.put(&Path::parse(&key).unwrap(), PutPayload::from(encrypted.clone())).await.unwrap();
+        store
+            .put(&Path::parse(&key).unwrap(), PutPayload::from(encrypted.clone()))
+            .await
+            .unwrap();
         let manifest = Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
             kind: "Imported".into(),
@@ -90,10 +104,19 @@ async fn stowage_restores_what_gzip_and_age_wrote() {
             details: Default::default(),
         };
         let json = serde_json::to_vec(&manifest).unwrap();
-        store.put(&Path::parse(format!("{key}.manifest.json")).unwrap(), PutPayload::from(json)).await.unwrap();
+        store
+            .put(
+                &Path::parse(format!("{key}.manifest.json")).unwrap(),
+                PutPayload::from(json),
+            )
+            .await
+            .unwrap();
 
         let mut sink = RecordingSink::default();
-        let request = RestoreRequest { identities: Arc::new(Identities::parse(&identity).unwrap()), ..RestoreRequest::new(store, &key) };
+        let request = RestoreRequest {
+            identities: Arc::new(Identities::parse(&identity).unwrap()),
+            ..RestoreRequest::new(store, &key)
+        };
         restore(request, &mut sink).await.unwrap();
         assert_eq!(sink.data, data, "{backend}");
     }

@@ -67,10 +67,7 @@ impl Call {
             Func::UnixEpoch => match args.next() {
                 Some(Value::Time(t)) => Value::Str(t.timestamp().to_string()),
                 other => {
-                    return Err(format!(
-                        "unixEpoch needs a time, got {}",
-                        describe(other.as_ref())
-                    ));
+                    return Err(format!("unixEpoch needs a time, got {}", describe(other.as_ref())));
                 }
             },
             Func::Printf => {
@@ -90,11 +87,7 @@ impl Call {
                 &next_str(&mut args, "the argument of upper")?,
                 char::to_uppercase,
             )),
-            Func::Trim => Value::Str(
-                next_str(&mut args, "the argument of trim")?
-                    .trim()
-                    .to_string(),
-            ),
+            Func::Trim => Value::Str(next_str(&mut args, "the argument of trim")?.trim().to_string()),
             Func::TrimPrefix => {
                 let (prefix, s) = (
                     next_str(&mut args, "the prefix of trimPrefix")?,
@@ -149,10 +142,12 @@ pub(super) fn time_zone(name: &str) -> Result<Tz, String> {
     match name {
         "" | "UTC" => Ok(chrono_tz::UTC),
         // Sprig's `date` uses Go's Local zone; ours is UTC, so "Local" would mislead.
-        "Local" => Err("time zone \"Local\" is not supported: name the zone, such as \"Europe/Berlin\" or \"UTC\"".to_string()),
-        _ => name.parse::<Tz>().map_err(|_| {
-            format!("unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\" or \"UTC\"")
-        }),
+        "Local" => {
+            Err("time zone \"Local\" is not supported: name the zone, such as \"Europe/Berlin\" or \"UTC\"".to_string())
+        }
+        _ => name
+            .parse::<Tz>()
+            .map_err(|_| format!("unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\" or \"UTC\"")),
     }
 }
 

@@ -107,11 +107,7 @@ fn right_delim(s: &str) -> Option<(usize, bool)> {
 /// A comment runs from `/*` to `*/`, which must be followed directly by the right delimiter.
 fn comment(src: &str, start: usize, body: usize) -> Result<(usize, bool), Problem> {
     let Some(close) = src[body + 2..].find("*/") else {
-        return Err(Problem::new(
-            start,
-            body,
-            "unclosed comment: expected \"*/\"",
-        ));
+        return Err(Problem::new(start, body, "unclosed comment: expected \"*/\""));
     };
     let after = body + 2 + close + 2;
     match right_delim(&src[after..]) {
@@ -135,11 +131,7 @@ fn action(src: &str, start: usize, body: usize) -> Result<(usize, bool, Vec<Toke
             return Ok((pos + len, trim, tokens));
         }
         let Some(c) = rest.chars().next() else {
-            return Err(Problem::new(
-                start,
-                start,
-                "unclosed action: expected \"}}\"",
-            ));
+            return Err(Problem::new(start, start, "unclosed action: expected \"}}\""));
         };
         if SPACE.contains(&c) {
             pos += 1;
@@ -184,7 +176,9 @@ fn token(src: &str, start: usize, pos: usize, c: char) -> Result<(TokenKind, usi
         '$' => refuse("variables ($x) are not supported in path templates".into()),
         '\'' => refuse("character constants are not supported in path templates: use a \"string\"".into()),
         ':' | '=' => refuse("variable assignments are not supported in path templates".into()),
-        ',' => refuse("unexpected \",\": arguments are separated by spaces, as in {{ printf \"%s-%s\" .Namespace .Name }}".into()),
+        ',' => refuse(
+            "unexpected \",\": arguments are separated by spaces, as in {{ printf \"%s-%s\" .Namespace .Name }}".into(),
+        ),
         other => refuse(format!("unexpected {other:?} in action")),
     }
 }
@@ -206,8 +200,7 @@ fn quoted(src: &str, start: usize, pos: usize) -> Result<(TokenKind, usize), Pro
             '\n' => break,
             '\\' => {
                 let at = pos + 1 + i;
-                let escaped =
-                    escape(&mut chars).map_err(|message| Problem::new(start, at, message))?;
+                let escaped = escape(&mut chars).map_err(|message| Problem::new(start, at, message))?;
                 out.push(escaped);
             }
             c => out.push(c),
@@ -272,8 +265,7 @@ fn number(rest: &str) -> Result<(TokenKind, usize), String> {
     let bytes = rest.as_bytes();
     let mut len = usize::from(matches!(bytes[0], b'+' | b'-'));
     while let Some(&b) = bytes.get(len) {
-        let exponent_sign =
-            matches!(b, b'+' | b'-') && matches!(bytes[len - 1], b'e' | b'E' | b'p' | b'P');
+        let exponent_sign = matches!(b, b'+' | b'-') && matches!(bytes[len - 1], b'e' | b'E' | b'p' | b'P');
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || exponent_sign {
             len += 1;
         } else {
@@ -299,24 +291,14 @@ fn number(rest: &str) -> Result<(TokenKind, usize), String> {
         (8, d)
     } else if let Some(d) = lower.strip_prefix("0b") {
         (2, d)
-    } else if lower.len() > 1
-        && lower.starts_with('0')
-        && lower.bytes().all(|b| b.is_ascii_digit() || b == b'_')
-    {
+    } else if lower.len() > 1 && lower.starts_with('0') && lower.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
         (8, &lower[1..])
     } else {
         (10, lower.as_str())
     };
     let digits = digits.replace('_', "");
-    let float = radix == 10 && (lower.contains('.') || lower.contains('e'))
-        || radix == 16 && lower.contains('p');
-    if float
-        && !lower.ends_with('i')
-        && digits
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit() || c == '.')
-    {
+    let float = radix == 10 && (lower.contains('.') || lower.contains('e')) || radix == 16 && lower.contains('p');
+    if float && !lower.ends_with('i') && digits.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '.') {
         return Err(format!(
             "floating-point number {text:?} is not supported: path templates use integers"
         ));
@@ -326,7 +308,6 @@ fn number(rest: &str) -> Result<(TokenKind, usize), String> {
         .flatten()
         .ok_or_else(|| format!("bad number syntax: {text:?}"))?;
     let value = if negative { -magnitude } else { magnitude };
-    let value =
-        i64::try_from(value).map_err(|_| format!("number {text:?} does not fit in 64 bits"))?;
+    let value = i64::try_from(value).map_err(|_| format!("number {text:?} does not fit in 64 bits"))?;
     Ok((TokenKind::Int(value), len + tail))
 }

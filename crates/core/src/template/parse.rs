@@ -164,8 +164,7 @@ const FUNCS: [FuncSpec; 12] = [
 
 /// Go template keywords we do not support, refused by name rather than as unknown functions.
 const KEYWORDS: [&str; 13] = [
-    "if", "else", "end", "range", "with", "define", "template", "block", "break", "continue",
-    "true", "false", "nil",
+    "if", "else", "end", "range", "with", "define", "template", "block", "break", "continue", "true", "false", "nil",
 ];
 
 /// Parses and checks the pipeline of one action.
@@ -283,10 +282,7 @@ impl Parser<'_> {
             .peek()
             .filter(|t| !matches!(t.kind, TokenKind::Pipe | TokenKind::Close))
         {
-            return Err(self.problem(
-                extra.pos,
-                format!("{what} is not a function and cannot take arguments"),
-            ));
+            return Err(self.problem(extra.pos, format!("{what} is not a function and cannot take arguments")));
         }
         Ok((expr, kind))
     }
@@ -297,11 +293,8 @@ impl Parser<'_> {
             return Err(self.problem(self.here(), "missing value for command"));
         };
         // Operands are separated by space, as in Go: `printf"%s"` is a mistake, `(now)` and `a|b` are not.
-        let after_operand = self.next > 0
-            && !matches!(
-                self.tokens[self.next - 1].kind,
-                TokenKind::Open | TokenKind::Pipe
-            );
+        let after_operand =
+            self.next > 0 && !matches!(self.tokens[self.next - 1].kind, TokenKind::Open | TokenKind::Pipe);
         if !token.spaced && after_operand {
             return Err(self.problem(
                 token.pos,
@@ -310,9 +303,7 @@ impl Parser<'_> {
         }
         self.next += 1;
         match token.kind {
-            TokenKind::Field(path) => self
-                .field(&path, token.pos)
-                .map(|var| (Expr::Var(var), Kind::Str)),
+            TokenKind::Field(path) => self.field(&path, token.pos).map(|var| (Expr::Var(var), Kind::Str)),
             TokenKind::Str(s) => Ok((Expr::Str(s), Kind::Str)),
             TokenKind::Int(n) => Ok((Expr::Int(n), Kind::Int)),
             TokenKind::Ident(name) => {
@@ -324,16 +315,12 @@ impl Parser<'_> {
                 let typed = self.pipeline(Some(token.pos))?;
                 Ok((Expr::Pipeline(Box::new(typed.pipeline)), typed.kind))
             }
-            TokenKind::Pipe | TokenKind::Close => {
-                Err(self.problem(token.pos, "missing value for command"))
-            }
+            TokenKind::Pipe | TokenKind::Close => Err(self.problem(token.pos, "missing value for command")),
         }
     }
 
     fn field(&self, path: &str, pos: usize) -> Result<Var, Problem> {
-        let (head, tail) = path
-            .split_once('.')
-            .map_or((path, None), |(h, t)| (h, Some(t)));
+        let (head, tail) = path.split_once('.').map_or((path, None), |(h, t)| (h, Some(t)));
         let known = VARS
             .iter()
             .map(|(name, _)| format!(".{name}"))
@@ -341,23 +328,13 @@ impl Parser<'_> {
             .join(", ");
         let Some(&(name, var)) = VARS.iter().find(|(name, _)| *name == head) else {
             let problem = self.problem(pos, format!("unknown variable \".{head}\""));
-            return Err(
-                match VARS
-                    .iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case(head))
-                {
-                    Some((name, _)) => {
-                        problem.help(format!("did you mean .{name}? (names are case-sensitive)"))
-                    }
-                    None => problem.help(format!("known variables are {known}")),
-                },
-            );
+            return Err(match VARS.iter().find(|(name, _)| name.eq_ignore_ascii_case(head)) {
+                Some((name, _)) => problem.help(format!("did you mean .{name}? (names are case-sensitive)")),
+                None => problem.help(format!("known variables are {known}")),
+            });
         };
         match tail {
-            Some(tail) => Err(self.problem(
-                pos,
-                format!(".{name} is a string and has no field \"{tail}\""),
-            )),
+            Some(tail) => Err(self.problem(pos, format!(".{name} is a string and has no field \"{tail}\""))),
             None => Ok(var),
         }
     }
@@ -367,9 +344,9 @@ impl Parser<'_> {
             return Ok(spec);
         }
         if KEYWORDS.contains(&name) {
-            return Err(self.problem(pos, format!("\"{name}\" is not supported in path templates")).help(
-                "path templates have no control structures, booleans or nil: use functions such as default",
-            ));
+            return Err(self
+                .problem(pos, format!("\"{name}\" is not supported in path templates"))
+                .help("path templates have no control structures, booleans or nil: use functions such as default"));
         }
         let known = FUNCS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ");
         Err(self
@@ -401,10 +378,7 @@ impl Parser<'_> {
                         kinds.len()
                     ),
                 )
-                .help(format!(
-                    "usage: {} (a piped value is the last argument)",
-                    spec.usage
-                )));
+                .help(format!("usage: {} (a piped value is the last argument)", spec.usage)));
         }
         for (n, (param, kind)) in spec.params.iter().zip(kinds).enumerate() {
             if *kind != Kind::Any && !param.accepts(*kind) {

@@ -49,10 +49,7 @@ impl Format {
                     '0' => spec.zero = true,
                     ' ' => spec.space = true,
                     '#' => {
-                        return Err(format!(
-                            "the # flag is not supported in {}",
-                            rest(format, start)
-                        ));
+                        return Err(format!("the # flag is not supported in {}", rest(format, start)));
                     }
                     _ => break,
                 }
@@ -252,12 +249,7 @@ fn number(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>) -> Option<
     let mut value: Option<usize> = None;
     while let Some(digit) = chars.peek().and_then(|&(_, c)| c.to_digit(10)) {
         chars.next();
-        value = Some(
-            value
-                .unwrap_or(0)
-                .saturating_mul(10)
-                .saturating_add(digit as usize),
-        );
+        value = Some(value.unwrap_or(0).saturating_mul(10).saturating_add(digit as usize));
     }
     value
 }
@@ -323,11 +315,7 @@ mod tests {
             ("%5%%s", s("x"), "%x"),
         ];
         for (format, arg, want) in cases {
-            assert_eq!(
-                &sprintf(format, std::slice::from_ref(arg)),
-                want,
-                "format {format:?}"
-            );
+            assert_eq!(&sprintf(format, std::slice::from_ref(arg)), want, "format {format:?}");
         }
     }
 
@@ -343,26 +331,13 @@ mod tests {
     #[test]
     fn refuses_what_go_would_print_as_garbage() {
         let refuse = |format: &str, args: &[Kind], want: &str| {
-            let err = Format::parse(format)
-                .and_then(|f| f.check(args))
-                .expect_err(format);
-            assert!(
-                err.contains(want),
-                "{format:?}: {err:?} should contain {want:?}"
-            );
+            let err = Format::parse(format).and_then(|f| f.check(args)).expect_err(format);
+            assert!(err.contains(want), "{format:?}: {err:?} should contain {want:?}");
         };
         refuse("%s %s", &[Kind::Str], "2 verbs but 1 argument follows");
-        refuse(
-            "%s",
-            &[Kind::Str, Kind::Str],
-            "1 verb but 2 arguments follow",
-        );
+        refuse("%s", &[Kind::Str, Kind::Str], "1 verb but 2 arguments follow");
         refuse("%d", &[Kind::Str], "%d cannot print argument 1 (a string)");
-        refuse(
-            "%s",
-            &[Kind::Int],
-            "%s cannot print argument 1 (an integer)",
-        );
+        refuse("%s", &[Kind::Int], "%s cannot print argument 1 (an integer)");
         refuse("%q", &[Kind::Int], "%q cannot print argument 1");
         refuse("%x", &[Kind::Int], "verb %x is not supported");
         refuse("%#v", &[Kind::Int], "the # flag is not supported");

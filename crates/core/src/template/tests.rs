@@ -4,22 +4,20 @@ use super::*;
 
 #[test]
 fn error_positions_count_lines_and_characters() {
-    let err = PathTemplate::parse("é/{{ .Name }}\nx/{{ now | dat \"2006\" }}")
-        .expect_err("unknown function");
+    let err = PathTemplate::parse("é/{{ .Name }}\nx/{{ now | dat \"2006\" }}").expect_err("unknown function");
     let TemplateError::Invalid {
-        line,
-        column,
-        action,
-        ..
+        line, column, action, ..
     } = &err
     else {
         panic!("{err:?}")
     };
-    assert_eq!(
-        (*line, *column, action.as_str()),
-        (2, 12, "{{ now | dat \"2006\" }}")
+    assert_eq!((*line, *column, action.as_str()), (2, 12, "{{ now | dat \"2006\" }}"));
+    assert!(
+        err.to_string().starts_with(
+            "unknown function \"dat\" at line 2, column 12 in {{ now | dat \"2006\" }}: known functions are now, date,"
+        ),
+        "{err}"
     );
-    assert!(err.to_string().starts_with("unknown function \"dat\" at line 2, column 12 in {{ now | dat \"2006\" }}: known functions are now, date,"), "{err}");
 }
 
 #[test]
@@ -29,10 +27,7 @@ fn long_actions_are_shortened_in_errors() {
     let TemplateError::Invalid { action, .. } = &err else {
         panic!("{err:?}")
     };
-    assert!(
-        action.ends_with('…') && action.chars().count() == 121,
-        "{action}"
-    );
+    assert!(action.ends_with('…') && action.chars().count() == 121, "{action}");
 }
 
 #[test]
@@ -55,8 +50,7 @@ fn render_errors_name_the_action() {
 
 #[test]
 fn a_parsed_template_renders_many_times() {
-    let template =
-        PathTemplate::parse("{{ .Namespace }}/{{ now | date \"2006-01-02\" }}").expect("valid");
+    let template = PathTemplate::parse("{{ .Namespace }}/{{ now | date \"2006-01-02\" }}").expect("valid");
     let mut vars = TemplateVars::new(DateTime::from_timestamp(0, 0).expect("epoch"));
     vars.namespace = "a".into();
     assert_eq!(template.render(&vars).as_deref(), Ok("a/1970-01-01"));
@@ -98,9 +92,7 @@ mod fixtures {
     impl Vars {
         /// `self` with the values `over` sets.
         fn overridden_by(&self, over: &Vars) -> TemplateVars {
-            let pick = |a: &Option<String>, b: &Option<String>| {
-                b.clone().or_else(|| a.clone()).unwrap_or_default()
-            };
+            let pick = |a: &Option<String>, b: &Option<String>| b.clone().or_else(|| a.clone()).unwrap_or_default();
             TemplateVars {
                 now: over.now.or(self.now).unwrap_or_default(),
                 name: pick(&self.name, &over.name),
@@ -125,8 +117,7 @@ mod fixtures {
 
     /// What happened to one case, as text to compare with what the fixture expects.
     fn run(case: &Case, vars: &TemplateVars) -> Result<String, String> {
-        let template =
-            PathTemplate::parse(&case.template).map_err(|err| format!("parse error: {err}"))?;
+        let template = PathTemplate::parse(&case.template).map_err(|err| format!("parse error: {err}"))?;
         template.render(vars).map_err(|err| match err {
             TemplateError::Render { .. } => format!("render error: {err}"),
             TemplateError::Invalid { .. } => format!("render returned a parse error: {err}"),
@@ -137,8 +128,7 @@ mod fixtures {
     fn templates_from_fixtures() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates.yaml");
         let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {path}: {err}"));
-        let fixture: Fixture =
-            serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"));
+        let fixture: Fixture = serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"));
         assert!(fixture.cases.len() > 100, "the fixture lost its cases");
 
         let mut failures = Vec::new();
@@ -155,12 +145,8 @@ mod fixtures {
             let got = run(case, &fixture.defaults.overridden_by(&case.vars));
             let ok = match (&got, &case.want, &case.error, &case.render_error) {
                 (Ok(text), Some(want), _, _) => text == want,
-                (Err(err), _, Some(want), _) => {
-                    err.starts_with("parse error: ") && err.contains(want.as_str())
-                }
-                (Err(err), _, _, Some(want)) => {
-                    err.starts_with("render error: ") && err.contains(want.as_str())
-                }
+                (Err(err), _, Some(want), _) => err.starts_with("parse error: ") && err.contains(want.as_str()),
+                (Err(err), _, _, Some(want)) => err.starts_with("render error: ") && err.contains(want.as_str()),
                 _ => false,
             };
             if !ok {

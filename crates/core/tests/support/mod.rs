@@ -1,7 +1,7 @@
 //! Shared helpers for the core integration tests: real backends, real keys,
 //! and a sink that records whether it was told the stream ended.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -24,7 +24,10 @@ pub struct Backends {
 impl Backends {
     pub async fn start() -> Backends {
         let s3 = S3Server::start("stowage").await.unwrap_or_else(|e| panic!("{e}"));
-        Backends { s3, fs_dir: tempfile::tempdir().unwrap() }
+        Backends {
+            s3,
+            fs_dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn stores(&self) -> Vec<(&'static str, Arc<dyn ObjectStore>)> {
@@ -37,7 +40,10 @@ impl Backends {
 pub fn age_key() -> (String, String) {
     use age::secrecy::ExposeSecret;
     let identity = age::x25519::Identity::generate();
-    (identity.to_string().expose_secret().to_string(), identity.to_public().to_string())
+    (
+        identity.to_string().expose_secret().to_string(),
+        identity.to_public().to_string(),
+    )
 }
 
 /// An OpenSSH key pair made by ssh-keygen: (private key text, public key line).
@@ -51,7 +57,10 @@ pub fn ssh_key(kind: &str) -> (String, String) {
         .status()
         .expect("ssh-keygen not found: apt-get install openssh-client");
     assert!(status.success());
-    (std::fs::read_to_string(&path).unwrap(), std::fs::read_to_string(path.with_extension("pub")).unwrap())
+    (
+        std::fs::read_to_string(&path).unwrap(),
+        std::fs::read_to_string(path.with_extension("pub")).unwrap(),
+    )
 }
 
 /// Path of a stock tool, failing with an install hint when it is missing.
