@@ -6,6 +6,7 @@ pub mod csi;
 pub mod envtest;
 pub mod etcd;
 pub mod namespace;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod testbed;
