@@ -1,1 +1,14 @@
-//! Stowage custom resource types.
+//! Stowage's custom resource types: group `stowage.io`, version `v1alpha1`.
+//!
+//! One file per kind; types only, with defaults and validation. The data-path
+//! records (compression, artifact) come from stowage-core so both crates speak
+//! the same types.
+
+pub mod shared;
+
+pub use shared::{Algorithm, Artifact, ArtifactStatus, Compression, Encryption, SecretKeyRef, StorageRef};
+
+/// The API group of every Stowage kind.
+pub const GROUP: &str = "stowage.io";
+/// The API version of every Stowage kind.
+pub const VERSION: &str = "v1alpha1";

@@ -135,7 +135,7 @@ impl S3Server {
             storage_type: StorageType::S3,
             s3: Some(S3Spec {
                 bucket: self.bucket.clone(),
-                endpoint: format!("http://127.0.0.1:{}", self.port),
+                endpoint: self.endpoint(),
                 region: "us-east-1".into(),
                 allow_http: true,
                 force_path_style: true,
@@ -163,6 +163,16 @@ impl S3Server {
             ..self.spec()
         };
         storage::build(&spec, &self.credentials()).expect("the test server's own spec is valid")
+    }
+
+    /// The server's URL, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
     }
 
     /// The bucket's directory on disk.
