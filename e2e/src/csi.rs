@@ -47,8 +47,8 @@ use kube::{Api, Client, CustomResourceExt as _, ResourceExt as _};
 use tokio::task::JoinHandle;
 
 use self::types::{
-    DEFAULT_SNAPSHOT_CLASS_ANNOTATION, DeletionPolicy, VolumeSnapshot, VolumeSnapshotClass,
-    VolumeSnapshotClassFields, VolumeSnapshotContent,
+    DEFAULT_SNAPSHOT_CLASS_ANNOTATION, DeletionPolicy, VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotClassFields,
+    VolumeSnapshotContent,
 };
 
 /// The CSI driver name the simulator answers to.
@@ -60,6 +60,12 @@ pub const FAIL_SNAPSHOT_ANNOTATION: &str = "sim.stowage.io/fail-snapshot";
 /// On a PVC or a VolumeSnapshot: seconds (a decimal number) between the cut
 /// (`creationTime`) and `readyToUse: true`. Default 1.
 pub const READY_DELAY_ANNOTATION: &str = "sim.stowage.io/ready-delay-seconds";
+/// On every VolumeSnapshotContent the simulator creates: the host directory
+/// holding the snapshot's copy, so tests can look at it.
+pub const SNAPSHOT_PATH_ANNOTATION: &str = "sim.stowage.io/snapshot-path";
+/// Finalizer on every PV and VolumeSnapshotContent the simulator creates, so
+/// that their directories go with them however they are deleted.
+pub const CLEANUP_FINALIZER: &str = "sim.stowage.io/cleanup";
 /// Label on every PV and VolumeSnapshotContent the simulator creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY_LABEL`].
@@ -173,9 +179,7 @@ impl SimLog {
             .append(true)
             .open(path)
             .with_context(|| format!("open the CSI simulator log {}", path.display()))?;
-        Ok(SimLog {
-            file: Mutex::new(file),
-        })
+        Ok(SimLog { file: Mutex::new(file) })
     }
 
     fn line(&self, message: std::fmt::Arguments<'_>) {
@@ -219,9 +223,12 @@ async fn drive<K>(
 {
     stream
         .for_each(|result| {
-            if let Err(error) = result {
-                sim.log
-                    .line(format_args!("error: {error}: {}", source_chain(&error)));
+            // A trigger for an object that does not exist (yet) is how the
+            // watches above work, not an error worth a log line.
+            if let Err(error) = result
+                && !matches!(error, kube::runtime::controller::Error::ObjectNotFound(_))
+            {
+                sim.log.line(format_args!("error: {error}: {}", source_chain(&error)));
             }
             futures::future::ready(())
         })
@@ -257,17 +264,9 @@ fn spawn_volumes(sim: &Arc<Sim>) -> JoinHandle<()> {
     let volumes = Api::<PersistentVolume>::all(sim.client.clone());
     let claims = Api::<PersistentVolumeClaim>::all(sim.client.clone());
     let stream = Controller::new(volumes, ours)
-        .watches(
-            claims,
-            watcher::Config::default(),
-            volumes::volumes_of_claim,
-        )
+        .watches(claims, watcher::Config::default(), volumes::volumes_of_claim)
         .run(
-            |volume, sim| async move {
-                volumes::reconcile_volume(volume, sim)
-                    .await
-                    .map_err(Failure)
-            },
+            |volume, sim| async move { volumes::reconcile_volume(volume, sim).await.map_err(Failure) },
             retry_soon,
             sim.clone(),
         );
@@ -277,11 +276,7 @@ fn spawn_volumes(sim: &Arc<Sim>) -> JoinHandle<()> {
 fn spawn_snapshots(sim: &Arc<Sim>) -> JoinHandle<()> {
     let snapshots = Api::<VolumeSnapshot>::all(sim.client.clone());
     let stream = Controller::new(snapshots, watcher::Config::default()).run(
-        |snapshot, sim| async move {
-            snapshots::reconcile_snapshot(snapshot, sim)
-                .await
-                .map_err(Failure)
-        },
+        |snapshot, sim| async move { snapshots::reconcile_snapshot(snapshot, sim).await.map_err(Failure) },
         retry_soon,
         sim.clone(),
     );
@@ -293,17 +288,9 @@ fn spawn_contents(sim: &Arc<Sim>) -> JoinHandle<()> {
     let contents = Api::<VolumeSnapshotContent>::all(sim.client.clone());
     let snapshots = Api::<VolumeSnapshot>::all(sim.client.clone());
     let stream = Controller::new(contents, ours)
-        .watches(
-            snapshots,
-            watcher::Config::default(),
-            snapshots::contents_of_snapshot,
-        )
+        .watches(snapshots, watcher::Config::default(), snapshots::contents_of_snapshot)
         .run(
-            |content, sim| async move {
-                snapshots::reconcile_content(content, sim)
-                    .await
-                    .map_err(Failure)
-            },
+            |content, sim| async move { snapshots::reconcile_content(content, sim).await.map_err(Failure) },
             retry_soon,
             sim.clone(),
         );
@@ -389,4 +376,34 @@ fn annotation<'a>(
         .and_then(|annotations| annotations.get(key))
         .or_else(|| second.and_then(|object| object.meta().annotations.as_ref()?.get(key)))
         .map(String::as_str)
+}
+
+/// Removes [`CLEANUP_FINALIZER`] from an object being deleted. The patch
+/// carries the resourceVersion it was computed from, so a finalizer another
+/// controller removed at the same moment is not put back (the patch conflicts
+/// and the reconcile retries).
+async fn release<K>(api: &Api<K>, object: &K) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let current = object.meta().finalizers.clone().unwrap_or_default();
+    if !current.iter().any(|finalizer| finalizer == CLEANUP_FINALIZER) {
+        return Ok(());
+    }
+    let remaining: Vec<&String> = current
+        .iter()
+        .filter(|finalizer| *finalizer != CLEANUP_FINALIZER)
+        .collect();
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": object.meta().resource_version,
+        "finalizers": remaining,
+    }});
+    match api
+        .patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("remove the finalizer of {}", object.name_any())),
+    }
 }

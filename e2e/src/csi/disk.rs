@@ -126,20 +126,13 @@ mod tests {
         let from = scratch.path().join("from");
         std::fs::create_dir_all(from.join("sub")).expect("mkdir");
         std::fs::write(from.join("sub/data"), b"records").expect("write");
-        std::fs::set_permissions(
-            from.join("sub/data"),
-            std::fs::Permissions::from_mode(0o640),
-        )
-        .expect("chmod");
+        std::fs::set_permissions(from.join("sub/data"), std::fs::Permissions::from_mode(0o640)).expect("chmod");
         std::os::unix::fs::symlink("sub/data", from.join("link")).expect("symlink");
 
         let to = scratch.path().join("snapshots/copy");
         copy_tree(&from, &to).await.expect("copy");
 
-        assert_eq!(
-            std::fs::read(to.join("sub/data")).expect("read"),
-            b"records"
-        );
+        assert_eq!(std::fs::read(to.join("sub/data")).expect("read"), b"records");
         let mode = std::fs::metadata(to.join("sub/data"))
             .expect("stat")
             .permissions()

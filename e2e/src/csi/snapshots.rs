@@ -17,12 +17,12 @@ use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
 use super::types::{
-    DEFAULT_SNAPSHOT_CLASS_ANNOTATION, DeletionPolicy, VolumeSnapshot, VolumeSnapshotClass,
-    VolumeSnapshotContent, VolumeSnapshotContentSource, VolumeSnapshotContentSpec,
+    DEFAULT_SNAPSHOT_CLASS_ANNOTATION, DeletionPolicy, VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotContent,
+    VolumeSnapshotContentSource, VolumeSnapshotContentSpec,
 };
 use super::{
-    DRIVER, FAIL_SNAPSHOT_ANNOTATION, MANAGED_BY_LABEL, MANAGER, READY_DELAY_ANNOTATION, Sim,
-    annotation, disk,
+    CLEANUP_FINALIZER, DRIVER, FAIL_SNAPSHOT_ANNOTATION, MANAGED_BY_LABEL, MANAGER, READY_DELAY_ANNOTATION,
+    SNAPSHOT_PATH_ANNOTATION, Sim, annotation, disk,
 };
 
 /// The default time between the cut and `readyToUse: true`.
@@ -37,10 +37,7 @@ fn content_name(snapshot_uid: &str) -> String {
 }
 
 /// Takes one snapshot, one step per call.
-pub(super) async fn reconcile_snapshot(
-    snapshot: Arc<VolumeSnapshot>,
-    sim: Arc<Sim>,
-) -> anyhow::Result<Action> {
+pub(super) async fn reconcile_snapshot(snapshot: Arc<VolumeSnapshot>, sim: Arc<Sim>) -> anyhow::Result<Action> {
     if snapshot.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -70,16 +67,13 @@ pub(super) async fn reconcile_snapshot(
                 fail(&snapshots, &snapshot, &message, &sim).await?;
                 return Ok(Action::requeue(WAIT_FOR_CLAIM));
             };
-            if let Some(message) =
-                annotation(FAIL_SNAPSHOT_ANNOTATION, snapshot.as_ref(), Some(&claim))
-            {
+            if let Some(message) = annotation(FAIL_SNAPSHOT_ANNOTATION, snapshot.as_ref(), Some(&claim)) {
                 return fail(&snapshots, &snapshot, message, &sim).await;
             }
             let Some(volume) = super::volumes::bound_volume(Some(&claim), &sim).await? else {
                 return Ok(Action::requeue(WAIT_FOR_CLAIM));
             };
-            let class =
-                snapshot_class(snapshot.spec.volume_snapshot_class_name.as_deref(), &sim).await;
+            let class = snapshot_class(snapshot.spec.volume_snapshot_class_name.as_deref(), &sim).await;
             let class = match class {
                 Ok(class) => class,
                 Err(error) => {
@@ -87,15 +81,12 @@ pub(super) async fn reconcile_snapshot(
                 }
             };
             let volume_spec = volume.spec.clone().unwrap_or_default();
-            let from = volume_spec
-                .host_path
-                .map(|host_path| host_path.path)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "PV {} of PVC {namespace}/{claim_name} has no hostPath",
-                        volume.name_any()
-                    )
-                })?;
+            let from = volume_spec.host_path.map(|host_path| host_path.path).ok_or_else(|| {
+                anyhow!(
+                    "PV {} of PVC {namespace}/{claim_name} has no hostPath",
+                    volume.name_any()
+                )
+            })?;
             let size = volume_spec
                 .capacity
                 .and_then(|capacity| capacity.get("storage").cloned())
@@ -115,15 +106,9 @@ pub(super) async fn reconcile_snapshot(
                 "snapshotHandle": content_name,
             }});
             contents
-                .patch_status(
-                    &content_name,
-                    &PatchParams::default(),
-                    &Patch::Merge(content_status),
-                )
+                .patch_status(&content_name, &PatchParams::default(), &Patch::Merge(content_status))
                 .await
-                .with_context(|| {
-                    format!("report the cut on VolumeSnapshotContent {content_name}")
-                })?;
+                .with_context(|| format!("report the cut on VolumeSnapshotContent {content_name}"))?;
             sim.log.line(format_args!(
                 "snapshot {namespace}/{name}: copied pvc {claim_name} ({from}) to {}",
                 copy.display()
@@ -134,8 +119,7 @@ pub(super) async fn reconcile_snapshot(
 
     let content_status = content.status.clone().unwrap_or_default();
     let cut_nanos = content_status.creation_time.unwrap_or_default();
-    let cut =
-        Timestamp::from_nanosecond(i128::from(cut_nanos)).unwrap_or_else(|_| Timestamp::now());
+    let cut = Timestamp::from_nanosecond(i128::from(cut_nanos)).unwrap_or_else(|_| Timestamp::now());
     if status.creation_time.is_none() || status.bound_volume_snapshot_content_name.is_none() {
         // The content exists but the snapshot never heard of it (a conflict or
         // a restart in between): report the cut now.
@@ -159,11 +143,7 @@ pub(super) async fn reconcile_snapshot(
     }
     let ready = json!({"status": {"readyToUse": true}});
     contents
-        .patch_status(
-            &content_name,
-            &PatchParams::default(),
-            &Patch::Merge(ready.clone()),
-        )
+        .patch_status(&content_name, &PatchParams::default(), &Patch::Merge(ready.clone()))
         .await
         .with_context(|| format!("mark VolumeSnapshotContent {content_name} ready"))?;
     snapshots
@@ -265,12 +245,8 @@ async fn snapshot_class(requested: Option<&str>, sim: &Sim) -> anyhow::Result<Vo
         .collect();
     match <[VolumeSnapshotClass; 1]>::try_from(defaults) {
         Ok([class]) => Ok(class),
-        Err(defaults) if defaults.is_empty() => Err(anyhow!(
-            "no default VolumeSnapshotClass for driver {DRIVER}"
-        )),
-        Err(_) => Err(anyhow!(
-            "more than one default VolumeSnapshotClass for driver {DRIVER}"
-        )),
+        Err(defaults) if defaults.is_empty() => Err(anyhow!("no default VolumeSnapshotClass for driver {DRIVER}")),
+        Err(_) => Err(anyhow!("more than one default VolumeSnapshotClass for driver {DRIVER}")),
     }
 }
 
@@ -293,9 +269,7 @@ async fn create_content(
             source_volume_mode: Some("Filesystem".into()),
             volume_snapshot_class_name: Some(class.name_any()),
             volume_snapshot_ref: ObjectReference {
-                api_version: Some(
-                    <VolumeSnapshot as kube::Resource>::api_version(&()).into_owned(),
-                ),
+                api_version: Some(<VolumeSnapshot as kube::Resource>::api_version(&()).into_owned()),
                 kind: Some(<VolumeSnapshot as kube::Resource>::kind(&()).into_owned()),
                 namespace: snapshot.namespace(),
                 name: Some(snapshot.name_any()),
@@ -304,16 +278,17 @@ async fn create_content(
             },
         },
     );
+    content.labels_mut().insert(MANAGED_BY_LABEL.into(), MANAGER.into());
+    content.finalizers_mut().push(CLEANUP_FINALIZER.into());
+    let copy = sim.snapshots_dir.join(content_name);
     content
-        .labels_mut()
-        .insert(MANAGED_BY_LABEL.into(), MANAGER.into());
+        .annotations_mut()
+        .insert(SNAPSHOT_PATH_ANNOTATION.into(), copy.display().to_string());
     let contents = Api::<VolumeSnapshotContent>::all(sim.client.clone());
     match contents.create(&PostParams::default(), &content).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
-        Err(error) => {
-            Err(error).with_context(|| format!("create VolumeSnapshotContent {content_name}"))
-        }
+        Err(error) => Err(error).with_context(|| format!("create VolumeSnapshotContent {content_name}")),
     }
 }
 
@@ -324,13 +299,11 @@ async fn ready_delay(snapshot: &VolumeSnapshot, sim: &Sim) -> Duration {
         snapshot.namespace(),
         snapshot.spec.source.persistent_volume_claim_name.as_deref(),
     ) {
-        (Some(namespace), Some(claim_name)) => {
-            Api::<PersistentVolumeClaim>::namespaced(sim.client.clone(), &namespace)
-                .get_opt(claim_name)
-                .await
-                .ok()
-                .flatten()
-        }
+        (Some(namespace), Some(claim_name)) => Api::<PersistentVolumeClaim>::namespaced(sim.client.clone(), &namespace)
+            .get_opt(claim_name)
+            .await
+            .ok()
+            .flatten(),
         _ => None,
     };
     annotation(READY_DELAY_ANNOTATION, snapshot, claim.as_ref())
@@ -340,14 +313,8 @@ async fn ready_delay(snapshot: &VolumeSnapshot, sim: &Sim) -> Duration {
 }
 
 /// The content to look at when a snapshot changes or goes.
-pub(super) fn contents_of_snapshot(
-    snapshot: VolumeSnapshot,
-) -> Vec<ObjectRef<VolumeSnapshotContent>> {
-    let mut names: Vec<String> = snapshot
-        .uid()
-        .map(|uid| content_name(&uid))
-        .into_iter()
-        .collect();
+pub(super) fn contents_of_snapshot(snapshot: VolumeSnapshot) -> Vec<ObjectRef<VolumeSnapshotContent>> {
+    let mut names: Vec<String> = snapshot.uid().map(|uid| content_name(&uid)).into_iter().collect();
     if let Some(bound) = snapshot
         .status
         .and_then(|status| status.bound_volume_snapshot_content_name)
@@ -355,30 +322,24 @@ pub(super) fn contents_of_snapshot(
         names.push(bound);
     }
     names.dedup();
-    names
-        .into_iter()
-        .map(|name| ObjectRef::new(&name))
-        .collect()
+    names.into_iter().map(|name| ObjectRef::new(&name)).collect()
 }
 
 /// Deletes a content with deletionPolicy Delete, and its copy, once its
 /// snapshot is gone.
-pub(super) async fn reconcile_content(
-    content: Arc<VolumeSnapshotContent>,
-    sim: Arc<Sim>,
-) -> anyhow::Result<Action> {
+pub(super) async fn reconcile_content(content: Arc<VolumeSnapshotContent>, sim: Arc<Sim>) -> anyhow::Result<Action> {
     let content_name = content.name_any();
     let copy = sim.snapshots_dir.join(&content_name);
     if content.metadata.deletion_timestamp.is_some() {
         disk::remove_tree(&copy).await?;
+        super::release(&Api::<VolumeSnapshotContent>::all(sim.client.clone()), content.as_ref()).await?;
         return Ok(Action::await_change());
     }
     if content.spec.deletion_policy != DeletionPolicy::Delete {
         return Ok(Action::await_change());
     }
     let reference = &content.spec.volume_snapshot_ref;
-    let (Some(namespace), Some(name)) = (reference.namespace.as_deref(), reference.name.as_deref())
-    else {
+    let (Some(namespace), Some(name)) = (reference.namespace.as_deref(), reference.name.as_deref()) else {
         return Ok(Action::await_change());
     };
     // Ask the API server, not a cache, before deleting data.
@@ -396,8 +357,7 @@ pub(super) async fn reconcile_content(
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.is_not_found() => {}
         Err(error) => {
-            return Err(error)
-                .with_context(|| format!("delete VolumeSnapshotContent {content_name}"));
+            return Err(error).with_context(|| format!("delete VolumeSnapshotContent {content_name}"));
         }
     }
     sim.log.line(format_args!(

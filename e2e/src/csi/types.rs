@@ -7,6 +7,10 @@
 //! controller needs them. `e2e/manifests/volumesnapshot-crds.yaml` is generated
 //! from them; a unit test fails when the two disagree.
 
+// kube's `printcolumn(name = .., type_ = ..)` repeats the same keys once per
+// column, which clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -20,8 +24,7 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "snapshot.storage.k8s.io";
 
 /// Annotation that marks a VolumeSnapshotClass as the default for its driver.
-pub const DEFAULT_SNAPSHOT_CLASS_ANNOTATION: &str =
-    "snapshot.storage.kubernetes.io/is-default-class";
+pub const DEFAULT_SNAPSHOT_CLASS_ANNOTATION: &str = "snapshot.storage.kubernetes.io/is-default-class";
 
 // The API server refuses CRDs in a `*.k8s.io` group without the
 // `api-approved.kubernetes.io` annotation; upstream points it at the pull
@@ -86,11 +89,7 @@ pub const DEFAULT_SNAPSHOT_CLASS_ANNOTATION: &str =
         json_path = ".status.creationTime",
         description = "When the storage system took the point-in-time snapshot."
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(description = "The snapshot the user asks for.")]
@@ -231,16 +230,10 @@ pub enum DeletionPolicy {
         json_path = ".spec.volumeSnapshotRef.namespace",
         description = "The namespace of the VolumeSnapshot bound to this content."
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(
-    description = "The snapshot in the storage system and the VolumeSnapshot it is bound to."
-)]
+#[schemars(description = "The snapshot in the storage system and the VolumeSnapshot it is bound to.")]
 pub struct VolumeSnapshotContentSpec {
     /// Whether this content and its physical snapshot are deleted when the bound
     /// VolumeSnapshot is deleted. Taken from the VolumeSnapshotClass for
@@ -325,11 +318,7 @@ pub struct VolumeSnapshotContentStatus {
         json_path = ".deletionPolicy",
         description = "Whether snapshots taken with this class are deleted with their VolumeSnapshot."
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotClassFields {
@@ -366,10 +355,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
 
-    const MANIFEST: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/manifests/volumesnapshot-crds.yaml"
-    );
+    const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/volumesnapshot-crds.yaml");
 
     /// The committed manifest is what the types generate; `STOWAGE_BLESS=1`
     /// rewrites it.

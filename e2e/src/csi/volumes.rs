@@ -22,7 +22,7 @@ use kube::{Api, ResourceExt as _};
 use serde_json::json;
 
 use super::types::{GROUP, VolumeSnapshot, VolumeSnapshotContent};
-use super::{DRIVER, MANAGED_BY_LABEL, MANAGER, Sim, disk};
+use super::{CLEANUP_FINALIZER, DRIVER, MANAGED_BY_LABEL, MANAGER, Sim, disk};
 
 /// How often a PVC waiting for its data source (a snapshot that is not ready,
 /// a source PVC that is not bound) looks again.
@@ -35,10 +35,7 @@ pub(super) fn volume_name(claim_uid: &str) -> String {
 }
 
 /// Provisions and binds one PVC.
-pub(super) async fn reconcile_claim(
-    claim: Arc<PersistentVolumeClaim>,
-    sim: Arc<Sim>,
-) -> anyhow::Result<Action> {
+pub(super) async fn reconcile_claim(claim: Arc<PersistentVolumeClaim>, sim: Arc<Sim>) -> anyhow::Result<Action> {
     if claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -53,10 +50,7 @@ pub(super) async fn reconcile_claim(
         Some(other) if !other.is_empty() && other != pv_name => return Ok(Action::await_change()),
         _ => {}
     }
-    let phase = claim
-        .status
-        .as_ref()
-        .and_then(|status| status.phase.as_deref());
+    let phase = claim.status.as_ref().and_then(|status| status.phase.as_deref());
     if phase == Some("Bound") && spec.volume_name.as_deref() == Some(pv_name.as_str()) {
         return Ok(Action::await_change());
     }
@@ -95,13 +89,8 @@ async fn provision(
     // into place), so it is reused.
     if !dir.exists() {
         match spec.data_source.as_ref() {
-            Some(source)
-                if source.kind == "VolumeSnapshot"
-                    && source.api_group.as_deref() == Some(GROUP) =>
-            {
-                let Some((from, restore_size)) =
-                    snapshot_copy(namespace, &source.name, sim).await?
-                else {
+            Some(source) if source.kind == "VolumeSnapshot" && source.api_group.as_deref() == Some(GROUP) => {
+                let Some((from, restore_size)) = snapshot_copy(namespace, &source.name, sim).await? else {
                     return Ok(None);
                 };
                 if disk::quantity_bytes(&capacity.0)? < disk::quantity_bytes(&restore_size.0)? {
@@ -118,12 +107,9 @@ async fn provision(
                 ));
             }
             Some(source)
-                if source.kind == "PersistentVolumeClaim"
-                    && source.api_group.as_deref().unwrap_or("").is_empty() =>
+                if source.kind == "PersistentVolumeClaim" && source.api_group.as_deref().unwrap_or("").is_empty() =>
             {
-                let Some((from, source_capacity)) =
-                    claim_directory(namespace, &source.name, sim).await?
-                else {
+                let Some((from, source_capacity)) = claim_directory(namespace, &source.name, sim).await? else {
                     return Ok(None);
                 };
                 // A clone is at least as big as its source, as CSI requires.
@@ -163,6 +149,7 @@ async fn provision(
             // Tells the binder an external provisioner owns this PV, so it
             // waits for the simulator to delete it instead of failing it.
             "annotations": {"pv.kubernetes.io/provisioned-by": DRIVER},
+            "finalizers": [CLEANUP_FINALIZER],
         },
         "spec": {
             "capacity": {"storage": capacity},
@@ -184,9 +171,7 @@ async fn provision(
     let volumes = Api::<PersistentVolume>::all(sim.client.clone());
     let created = match volumes.create(&PostParams::default(), &volume).await {
         Ok(created) => created,
-        Err(kube::Error::Api(status)) if status.is_already_exists() => {
-            volumes.get(&pv_name).await?
-        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => volumes.get(&pv_name).await?,
         Err(error) => return Err(error).with_context(|| format!("create PV {pv_name}")),
     };
     sim.log.line(format_args!(
@@ -209,10 +194,7 @@ async fn snapshot_copy(
     let Some(status) = snapshot.and_then(|snapshot| snapshot.status) else {
         return Ok(None);
     };
-    let (Some(true), Some(content_name)) = (
-        status.ready_to_use,
-        status.bound_volume_snapshot_content_name,
-    ) else {
+    let (Some(true), Some(content_name)) = (status.ready_to_use, status.bound_volume_snapshot_content_name) else {
         return Ok(None);
     };
     let content = Api::<VolumeSnapshotContent>::all(sim.client.clone())
@@ -240,12 +222,8 @@ async fn claim_directory(
     };
     let spec = volume.spec.unwrap_or_default();
     let path = spec.host_path.map(|host_path| host_path.path);
-    let capacity = spec
-        .capacity
-        .and_then(|capacity| capacity.get("storage").cloned());
-    Ok(path
-        .zip(capacity)
-        .map(|(path, capacity)| (path.into(), capacity)))
+    let capacity = spec.capacity.and_then(|capacity| capacity.get("storage").cloned());
+    Ok(path.zip(capacity).map(|(path, capacity)| (path.into(), capacity)))
 }
 
 /// The PV a claim is bound to, if it is bound.
@@ -254,11 +232,7 @@ pub(super) async fn bound_volume(
     sim: &Sim,
 ) -> anyhow::Result<Option<PersistentVolume>> {
     let Some(claim) = claim else { return Ok(None) };
-    let bound = claim
-        .status
-        .as_ref()
-        .and_then(|status| status.phase.as_deref())
-        == Some("Bound");
+    let bound = claim.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Bound");
     let volume_name = claim
         .spec
         .as_ref()
@@ -283,18 +257,9 @@ async fn bind(
     let pv_name = volume.name_any();
     let params = PatchParams::default();
     let volumes = Api::<PersistentVolume>::all(sim.client.clone());
-    if volume
-        .status
-        .as_ref()
-        .and_then(|status| status.phase.as_deref())
-        != Some("Bound")
-    {
+    if volume.status.as_ref().and_then(|status| status.phase.as_deref()) != Some("Bound") {
         volumes
-            .patch_status(
-                &pv_name,
-                &params,
-                &Patch::Merge(json!({"status": {"phase": "Bound"}})),
-            )
+            .patch_status(&pv_name, &params, &Patch::Merge(json!({"status": {"phase": "Bound"}})))
             .await
             .with_context(|| format!("mark PV {pv_name} Bound"))?;
     }
@@ -306,14 +271,8 @@ async fn bind(
         ("pv.kubernetes.io/bound-by-controller", "yes"),
     ]
     .into();
-    let already = claim
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.volume_name.as_deref())
-        == Some(pv_name.as_str())
-        && annotations
-            .keys()
-            .all(|key| claim.annotations().contains_key(*key));
+    let already = claim.spec.as_ref().and_then(|spec| spec.volume_name.as_deref()) == Some(pv_name.as_str())
+        && annotations.keys().all(|key| claim.annotations().contains_key(*key));
     if !already {
         claims
             .patch(
@@ -338,19 +297,14 @@ async fn bind(
         )
         .await
         .with_context(|| format!("mark PVC {namespace}/{name} Bound"))?;
-    sim.log
-        .line(format_args!("pvc {namespace}/{name}: bound to {pv_name}"));
+    sim.log.line(format_args!("pvc {namespace}/{name}: bound to {pv_name}"));
     Ok(())
 }
 
 /// The PVs to look at when a PVC changes or goes: the one provisioned for it
 /// and the one it is bound to.
 pub(super) fn volumes_of_claim(claim: PersistentVolumeClaim) -> Vec<ObjectRef<PersistentVolume>> {
-    let mut names: Vec<String> = claim
-        .uid()
-        .map(|uid| volume_name(&uid))
-        .into_iter()
-        .collect();
+    let mut names: Vec<String> = claim.uid().map(|uid| volume_name(&uid)).into_iter().collect();
     if let Some(bound) = claim
         .spec
         .and_then(|spec| spec.volume_name)
@@ -359,29 +313,20 @@ pub(super) fn volumes_of_claim(claim: PersistentVolumeClaim) -> Vec<ObjectRef<Pe
         names.push(bound);
     }
     names.dedup();
-    names
-        .into_iter()
-        .map(|name| ObjectRef::new(&name))
-        .collect()
+    names.into_iter().map(|name| ObjectRef::new(&name)).collect()
 }
 
 /// Deletes a provisioned PV and its directory once its claim is gone (or was
 /// bound to another PV).
-pub(super) async fn reconcile_volume(
-    volume: Arc<PersistentVolume>,
-    sim: Arc<Sim>,
-) -> anyhow::Result<Action> {
+pub(super) async fn reconcile_volume(volume: Arc<PersistentVolume>, sim: Arc<Sim>) -> anyhow::Result<Action> {
     let pv_name = volume.name_any();
     let dir = sim.volumes_dir.join(&pv_name);
     if volume.metadata.deletion_timestamp.is_some() {
         disk::remove_tree(&dir).await?;
+        super::release(&Api::<PersistentVolume>::all(sim.client.clone()), volume.as_ref()).await?;
         return Ok(Action::await_change());
     }
-    let Some(claim_ref) = volume
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.claim_ref.as_ref())
-    else {
+    let Some(claim_ref) = volume.spec.as_ref().and_then(|spec| spec.claim_ref.as_ref()) else {
         return Ok(Action::await_change());
     };
     let namespace = claim_ref.namespace.clone().unwrap_or_default();
