@@ -1,0 +1,311 @@
+//! `cargo xtask bench pipeline [--quick]`: Stowage's data path measured as a
+//! process, side by side with the stock tools it replaces, in the same run on
+//! the same files, reported as throughput, peak RSS and ratios.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use stowage_core::testing::{Generated, Pattern, S3Server};
+
+pub fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    match args.first().map(String::as_str) {
+        Some("pipeline") => pipeline(quick),
+        _ => bail!("usage: cargo xtask bench pipeline [--quick]"),
+    }
+}
+
+/// One measured command.
+struct Sample {
+    label: String,
+    seconds: f64,
+    peak_rss_mib: f64,
+    bytes: u64,
+}
+
+impl Sample {
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-6)
+    }
+}
+
+fn pipeline(quick: bool) -> anyhow::Result<()> {
+    for (tool, package) in [
+        ("gzip", "gzip"),
+        ("pigz", "pigz"),
+        ("zstd", "zstd"),
+        ("age", "age"),
+        ("age-keygen", "age"),
+        ("restic", "restic"),
+        ("time", "time"),
+    ] {
+        if !Path::new("/usr/bin").join(tool).exists() {
+            bail!("{tool} not found: apt-get install {package}");
+        }
+    }
+    let size: u64 = if quick { 64 << 20 } else { 1 << 30 };
+    let root = crate::deps::workspace_root();
+    let dir = target_dir(&root).join("stowage-bench");
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("building the pipeline (release)…");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "stowage-core",
+            "--features",
+            "testing",
+            "--example",
+            "pipe",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("building the pipe example failed");
+    }
+    let pipe = target_dir(&root).join("release/examples/pipe");
+
+    let key = dir.join("key.txt");
+    if !key.exists() {
+        sh(&format!("age-keygen -o {} 2>/dev/null", key.display()))?;
+    }
+    let recipient = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output()?.stdout)?
+        .trim()
+        .to_string();
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let s3 = runtime
+        .block_on(S3Server::start("bench"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let s3_url = format!("{}/{}", s3.endpoint(), s3.bucket());
+    let s3_env = "AWS_ACCESS_KEY_ID=stowage-test AWS_SECRET_ACCESS_KEY=stowage-test-secret-key";
+
+    let mut report = String::new();
+    writeln!(
+        report,
+        "Stowage pipeline benchmark: {} per input, {} cores",
+        human(size),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )?;
+    for (name, pattern) in [
+        ("SQL-dump-like text", Pattern::SqlDump),
+        ("random bytes", Pattern::Random),
+    ] {
+        let input = dir.join(format!(
+            "{}-{size}.bin",
+            if pattern == Pattern::SqlDump { "sql" } else { "random" }
+        ));
+        generate(&input, pattern, size)?;
+        let store = dir.join("store");
+        let _ = std::fs::remove_dir_all(&store);
+        let restic_repo = dir.join("restic");
+        let _ = std::fs::remove_dir_all(&restic_repo);
+        sh(&format!(
+            "RESTIC_PASSWORD=bench restic init --quiet --repo {} >/dev/null",
+            restic_repo.display()
+        ))?;
+        let (i, p, k, st, out) = (
+            input.display(),
+            pipe.display(),
+            key.display(),
+            store.display(),
+            dir.display(),
+        );
+
+        let runs: Vec<(String, String)> = vec![
+            (
+                "stowage gzip-6 + age → filesystem".into(),
+                format!("{p} backup --fs {st} --key x.gz.age --level 6 --recipient {recipient} --input {i}"),
+            ),
+            (
+                "stowage gzip-6 + age → s3s-fs".into(),
+                format!(
+                    "{s3_env} {p} backup --s3 {s3_url} --key x.gz.age --level 6 --recipient {recipient} --input {i}"
+                ),
+            ),
+            (
+                "stowage zstd-3 + age → filesystem".into(),
+                format!(
+                    "{p} backup --fs {st} --key x.zst.age --compression zstd --level 3 --recipient {recipient} --input {i}"
+                ),
+            ),
+            (
+                "gzip -6 | age".into(),
+                format!("gzip -6 -c < {i} | age -r {recipient} > {out}/b.gz.age"),
+            ),
+            (
+                "pigz -6 -p2 | age".into(),
+                format!("pigz -6 -p2 -c < {i} | age -r {recipient} > {out}/b.pigz.age"),
+            ),
+            (
+                "zstd -3 -T2 | age".into(),
+                format!("zstd -q -3 -T2 -c < {i} | age -r {recipient} > {out}/b.zst.age"),
+            ),
+            (
+                "restic backup --stdin".into(),
+                format!(
+                    "RESTIC_PASSWORD=bench restic backup --quiet --stdin --stdin-filename dump --repo {} < {i} >/dev/null",
+                    restic_repo.display()
+                ),
+            ),
+            (
+                "stowage restore age + gunzip".into(),
+                format!("{p} restore --fs {st} --key x.gz.age --identity {k} --output /dev/null"),
+            ),
+            (
+                "age -d | gzip -d".into(),
+                format!("age -d -i {k} < {out}/b.gz.age | gzip -d -c > /dev/null"),
+            ),
+        ];
+        let mut samples = Vec::new();
+        for (label, command) in runs {
+            eprintln!("  {name}: {label}…");
+            samples.push(measure(&label, &command, size)?);
+        }
+        let get = |label: &str| {
+            samples
+                .iter()
+                .find(|s| s.label.starts_with(label))
+                .map(Sample::mb_per_s)
+                .unwrap_or(f64::NAN)
+        };
+        writeln!(report, "\n### {name}\n")?;
+        writeln!(report, "| run | MB/s | peak RSS | seconds |")?;
+        writeln!(report, "|---|---:|---:|---:|")?;
+        for s in &samples {
+            writeln!(
+                report,
+                "| {} | {:.0} | {:.1} MiB | {:.2} |",
+                s.label,
+                s.mb_per_s(),
+                s.peak_rss_mib,
+                s.seconds
+            )?;
+        }
+        writeln!(report, "\n| ratio | value |\n|---|---:|")?;
+        let gzip = get("stowage gzip-6 + age → filesystem");
+        for (label, ours, theirs) in [
+            ("stowage gzip-6+age / gzip -6 | age", gzip, get("gzip -6 | age")),
+            ("stowage gzip-6+age / pigz -6 -p2 | age", gzip, get("pigz -6 -p2 | age")),
+            (
+                "stowage gzip-6+age (s3s-fs) / gzip -6 | age",
+                get("stowage gzip-6 + age → s3s-fs"),
+                get("gzip -6 | age"),
+            ),
+            (
+                "stowage zstd-3+age / zstd -3 -T2 | age",
+                get("stowage zstd-3"),
+                get("zstd -3 -T2 | age"),
+            ),
+            ("stowage gzip-6+age / restic backup --stdin", gzip, get("restic")),
+            (
+                "stowage restore / age -d | gzip -d",
+                get("stowage restore"),
+                get("age -d | gzip -d"),
+            ),
+        ] {
+            writeln!(report, "| {label} | {:.2}x |", ours / theirs)?;
+        }
+    }
+
+    // Memory must not grow with the stream: the same pipeline on a stream 8x larger, generated on the fly.
+    let big = if quick { 512u64 << 20 } else { 8u64 << 30 };
+    let store = dir.join("store");
+    let mut rss = Vec::new();
+    for len in [size, big] {
+        let command = format!(
+            "{} backup --fs {} --key rss.gz.age --level 6 --recipient {recipient} --generate sql:{len}",
+            pipe.display(),
+            store.display()
+        );
+        eprintln!("  memory: {} generated…", human(len));
+        rss.push(measure(
+            &format!("stowage gzip-6 + age, {} generated", human(len)),
+            &command,
+            len,
+        )?);
+    }
+    writeln!(
+        report,
+        "\n### Peak memory against stream size\n\n| run | MB/s | peak RSS |\n|---|---:|---:|"
+    )?;
+    for s in &rss {
+        writeln!(
+            report,
+            "| {} | {:.0} | {:.1} MiB |",
+            s.label,
+            s.mb_per_s(),
+            s.peak_rss_mib
+        )?;
+    }
+    drop(s3);
+    println!("{report}");
+    let file = dir.join(if quick { "pipeline-quick.md" } else { "pipeline.md" });
+    std::fs::write(&file, &report)?;
+    eprintln!("report written to {}", file.display());
+    Ok(())
+}
+
+fn measure(label: &str, command: &str, bytes: u64) -> anyhow::Result<Sample> {
+    let timing = tempfile::NamedTempFile::new()?;
+    let started = Instant::now();
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(timing.path())
+        .args(["bash", "-o", "pipefail", "-c", command])
+        .output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "{label} failed: {}\n{}",
+            command,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let kib: f64 = std::fs::read_to_string(timing.path())?
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
+    Ok(Sample {
+        label: label.to_string(),
+        seconds,
+        peak_rss_mib: kib / 1024.0,
+        bytes,
+    })
+}
+
+fn generate(path: &Path, pattern: Pattern, size: u64) -> anyhow::Result<()> {
+    if std::fs::metadata(path).map(|m| m.len() == size).unwrap_or(false) {
+        return Ok(());
+    }
+    eprintln!("generating {} of {pattern:?} into {}…", human(size), path.display());
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    std::io::copy(&mut Generated::new(pattern, 42, size), &mut file).context("writing benchmark input")?;
+    Ok(())
+}
+
+fn sh(command: &str) -> anyhow::Result<()> {
+    let status = Command::new("bash").args(["-c", command]).status()?;
+    if !status.success() {
+        bail!("{command} failed");
+    }
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn human(bytes: u64) -> String {
+    stowage_core::human_bytes(bytes)
+}
