@@ -47,6 +47,10 @@ pub(crate) fn compressor(compression: &Compression, inner: Box<dyn FinishWrite>)
             let mut encoder = zstd::stream::write::Encoder::new(inner, level as i32)?;
             if workers > 1 {
                 encoder.multithread(workers as u32)?;
+                // zstd's default job size at low levels is several MiB per worker, and it
+                // buffers jobs ahead: on incompressible input that is >130 MiB of RSS.
+                // 1 MiB jobs keep memory flat at no measurable cost in ratio or speed.
+                encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
             }
             Box::new(Zstd(encoder))
         }
@@ -67,6 +71,9 @@ pub(crate) fn decompressor<'a>(
         Algorithm::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
     })
 }
+
+/// Input per zstd job when compressing with several threads.
+const ZSTD_JOB_SIZE: u32 = 1024 * 1024;
 
 /// Single-threaded gzip: one member.
 struct Gzip(GzEncoder<Box<dyn FinishWrite>>);
