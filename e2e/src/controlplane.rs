@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Namespace;
 
 use crate::envtest::{self, Binaries};
 use crate::pki::{self, CertificateAuthority};
@@ -38,7 +39,8 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager with their state, certificates,
-    /// logs and kubeconfig in `dir` (created if missing); returns once `/readyz` answers `ok`.
+    /// logs and kubeconfig in `dir` (created if missing); returns once `/readyz` answers `ok`
+    /// and the `default` namespace exists.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         Self::start_with(dir, &ControlPlaneOptions::default()).await
     }
@@ -93,19 +95,11 @@ impl ControlPlane {
         let (sa_key, sa_pub) = pki::write_signing_key(&dir, "service-account")?;
         let token = random_token()?;
         let tokens = dir.join("tokens.csv");
-        std::fs::write(
-            &tokens,
-            format!("{token},admin,admin-uid,\"system:masters\"\n"),
-        )?;
+        std::fs::write(&tokens, format!("{token},admin,admin-uid,\"system:masters\"\n"))?;
 
         let port = free_port()?;
         self.apiserver_url = format!("https://127.0.0.1:{port}");
-        write_kubeconfig(
-            &self.kubeconfig_path,
-            &self.apiserver_url,
-            &ca.files.cert_path,
-            &token,
-        )?;
+        write_kubeconfig(&self.kubeconfig_path, &self.apiserver_url, &ca.files.cert_path, &token)?;
 
         let mut command = Command::new(&binaries.kube_apiserver);
         command
@@ -114,27 +108,17 @@ impl ControlPlane {
             .arg(format!("--secure-port={port}"))
             .arg("--insecure-port=0")
             .arg(format!("--tls-cert-file={}", serving.cert_path.display()))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                serving.key_path.display()
-            ))
-            .arg(format!(
-                "--cert-dir={}",
-                dir.join("apiserver-certs").display()
-            ))
+            .arg(format!("--tls-private-key-file={}", serving.key_path.display()))
+            .arg(format!("--cert-dir={}", dir.join("apiserver-certs").display()))
             .arg(format!("--client-ca-file={}", ca.files.cert_path.display()))
             .arg(format!("--token-auth-file={}", tokens.display()))
             .arg("--authorization-mode=RBAC")
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!("--service-account-key-file={}", sa_pub.display()))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                sa_key.display()
-            ))
+            .arg(format!("--service-account-signing-key-file={}", sa_key.display()))
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--allow-privileged=true");
-        let apiserver =
-            ManagedChild::spawn("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
+        let apiserver = ManagedChild::spawn("kube-apiserver", command, &dir.join("kube-apiserver.log"))?;
         self.children.push(apiserver);
         self.wait_ready().await
     }
@@ -152,14 +136,8 @@ impl ControlPlane {
                 dir.join("service-account.key").display()
             ))
             .arg(format!("--root-ca-file={}", self.ca_path.display()))
-            .arg(format!(
-                "--cluster-signing-cert-file={}",
-                self.ca_path.display()
-            ))
-            .arg(format!(
-                "--cluster-signing-key-file={}",
-                dir.join("ca.key").display()
-            ));
+            .arg(format!("--cluster-signing-cert-file={}", self.ca_path.display()))
+            .arg(format!("--cluster-signing-key-file={}", dir.join("ca.key").display()));
         let manager = ManagedChild::spawn(
             "kube-controller-manager",
             command,
@@ -169,7 +147,8 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Polls `/readyz` until it answers `ok`, failing early if a component exits.
+    /// Polls `/readyz` until it answers `ok` and the `default` namespace exists, failing early
+    /// if a component exits.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let client = self.client().await?;
         let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -180,7 +159,16 @@ impl ControlPlane {
             }
             let request = http::Request::get("/readyz").body(Vec::new())?;
             match client.request_text(request).await {
-                Ok(body) if body.trim() == "ok" => return Ok(()),
+                // The apiserver's bootstrap controller creates the `default` namespace a
+                // moment after /readyz first says ok; tests expect it.
+                Ok(body) if body.trim() == "ok" => {
+                    let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+                    match namespaces.get_opt("default").await {
+                        Ok(Some(_)) => return Ok(()),
+                        Ok(None) => last_error = "no default namespace yet".to_string(),
+                        Err(err) => last_error = err.to_string(),
+                    }
+                }
                 Ok(body) => last_error = body,
                 Err(err) => last_error = err.to_string(),
             }
@@ -244,9 +232,7 @@ impl ControlPlane {
 
     /// Fails with the component's log tail if any component has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        self.children
-            .iter_mut()
-            .try_for_each(ManagedChild::check_running)
+        self.children.iter_mut().try_for_each(ManagedChild::check_running)
     }
 
     /// Stops the controller manager, the apiserver and etcd, in that order.
@@ -282,8 +268,7 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) -> anyhow
         "contexts": [{"name": "stowage-testbed", "context": {"cluster": "stowage-testbed", "user": "admin"}}],
         "current-context": "stowage-testbed",
     });
-    std::fs::write(path, serde_yaml::to_string(&kubeconfig)?)
-        .with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_yaml::to_string(&kubeconfig)?).with_context(|| format!("writing {}", path.display()))
 }
 
 /// 32 random bytes as hex, from the kernel.

@@ -54,13 +54,20 @@ impl TestBedInfo {
 }
 
 /// A running bed owned by this process; stops everything when dropped.
-#[derive(Debug)]
 pub struct RunningBed {
     info: TestBedInfo,
     // Field order is drop order: simulators before the control plane they talk to.
-    // HOOK(node): `node: Option<crate::node::NodeSimulator>` once lib.rs declares `pub mod node;`.
-    // HOOK(csi): `csi: Option<crate::csi::CsiSimulator>` once e2e/src/csi.rs offers `CsiSimulator::start`.
+    node: Option<crate::node::NodeSimulator>,
+    csi: Option<crate::csi::CsiSimulator>,
     control_plane: ControlPlane,
+}
+
+impl std::fmt::Debug for RunningBed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningBed")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningBed {
@@ -84,15 +91,16 @@ impl RunningBed {
         let control_plane = ControlPlane::start_with(dir, &options).await?;
         let client = control_plane.client().await?;
 
-        let logs = BTreeMap::new();
-        // HOOK(node): once lib.rs declares `pub mod node;`:
-        // let node = crate::node::NodeSimulator::start(client.clone(), NODE_NAME, &control_plane.dir().join("node"))
-        //     .await
-        //     .context("starting the node simulator")?;
-        // logs.insert("node-simulator".to_string(), node.log_path().to_path_buf());
-        let _ = (&client, NODE_NAME);
-        // HOOK(csi): start `crate::csi::CsiSimulator::start(client.clone(), &dir.join("csi"))` here
-        // and add its log, if it writes one, to `logs`.
+        let mut logs = BTreeMap::new();
+        let node_dir = control_plane.dir().join("node");
+        let node = crate::node::NodeSimulator::start(client.clone(), NODE_NAME, &node_dir)
+            .await
+            .context("starting the node simulator")?;
+        logs.insert("node-simulator".to_string(), node.log_path().to_path_buf());
+        let csi = crate::csi::CsiSimulator::start(client, &control_plane.dir().join("csi"))
+            .await
+            .context("starting the volume and CSI snapshot simulator")?;
+        logs.insert("csi-simulator".to_string(), csi.log_path().to_path_buf());
 
         let mut pids = control_plane.pids();
         pids.insert("testbed".to_string(), std::process::id());
@@ -107,6 +115,8 @@ impl RunningBed {
         info.write()?;
         Ok(Self {
             info,
+            node: Some(node),
+            csi: Some(csi),
             control_plane,
         })
     }
@@ -127,7 +137,12 @@ impl RunningBed {
     /// Stops the simulators, then the control plane, and removes testbed.json.
     pub async fn stop(mut self) {
         let _ = std::fs::remove_file(self.info.dir.join(INFO_FILE));
-        // HOOK(node): stop the node simulator first: `node.stop().await`.
+        if let Some(csi) = self.csi.take() {
+            csi.stop().await;
+        }
+        if let Some(node) = self.node.take() {
+            node.stop().await;
+        }
         self.control_plane.stop();
     }
 }
