@@ -399,11 +399,27 @@ where
         "finalizers": remaining,
     }});
     match api
-        .patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .patch(&object.name_any(), &patch_params(), &Patch::Merge(patch))
         .await
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(error) => Err(error).with_context(|| format!("remove the finalizer of {}", object.name_any())),
+    }
+}
+
+/// Patches name the simulator as their field manager, so `managedFields` shows
+/// who wrote what (the simulator or kube-controller-manager's binder).
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+fn post_params() -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..kube::api::PostParams::default()
     }
 }

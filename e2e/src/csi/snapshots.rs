@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt as _};
@@ -106,7 +106,7 @@ pub(super) async fn reconcile_snapshot(snapshot: Arc<VolumeSnapshot>, sim: Arc<S
                 "snapshotHandle": content_name,
             }});
             contents
-                .patch_status(&content_name, &PatchParams::default(), &Patch::Merge(content_status))
+                .patch_status(&content_name, &super::patch_params(), &Patch::Merge(content_status))
                 .await
                 .with_context(|| format!("report the cut on VolumeSnapshotContent {content_name}"))?;
             sim.log.line(format_args!(
@@ -143,11 +143,11 @@ pub(super) async fn reconcile_snapshot(snapshot: Arc<VolumeSnapshot>, sim: Arc<S
     }
     let ready = json!({"status": {"readyToUse": true}});
     contents
-        .patch_status(&content_name, &PatchParams::default(), &Patch::Merge(ready.clone()))
+        .patch_status(&content_name, &super::patch_params(), &Patch::Merge(ready.clone()))
         .await
         .with_context(|| format!("mark VolumeSnapshotContent {content_name} ready"))?;
     snapshots
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(ready))
+        .patch_status(&name, &super::patch_params(), &Patch::Merge(ready))
         .await
         .with_context(|| format!("mark VolumeSnapshot {namespace}/{name} ready"))?;
     sim.log.line(format_args!(
@@ -174,7 +174,7 @@ async fn report_cut(
         "error": null,
     }});
     snapshots
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .patch_status(&name, &super::patch_params(), &Patch::Merge(status))
         .await
         .with_context(|| format!("report the cut on VolumeSnapshot {name}"))?;
     sim.log.line(format_args!(
@@ -202,7 +202,7 @@ async fn fail(
             "error": {"time": Time(Timestamp::now()), "message": message},
         }});
         snapshots
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+            .patch_status(&name, &super::patch_params(), &Patch::Merge(status))
             .await
             .with_context(|| format!("report the failure of VolumeSnapshot {name}"))?;
         sim.log.line(format_args!(
@@ -285,7 +285,7 @@ async fn create_content(
         .annotations_mut()
         .insert(SNAPSHOT_PATH_ANNOTATION.into(), copy.display().to_string());
     let contents = Api::<VolumeSnapshotContent>::all(sim.client.clone());
-    match contents.create(&PostParams::default(), &content).await {
+    match contents.create(&super::post_params(), &content).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
         Err(error) => Err(error).with_context(|| format!("create VolumeSnapshotContent {content_name}")),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt as _};
@@ -169,7 +169,7 @@ async fn provision(
         },
     }))?;
     let volumes = Api::<PersistentVolume>::all(sim.client.clone());
-    let created = match volumes.create(&PostParams::default(), &volume).await {
+    let created = match volumes.create(&super::post_params(), &volume).await {
         Ok(created) => created,
         Err(kube::Error::Api(status)) if status.is_already_exists() => volumes.get(&pv_name).await?,
         Err(error) => return Err(error).with_context(|| format!("create PV {pv_name}")),
@@ -255,7 +255,7 @@ async fn bind(
     sim: &Sim,
 ) -> anyhow::Result<()> {
     let pv_name = volume.name_any();
-    let params = PatchParams::default();
+    let params = super::patch_params();
     let volumes = Api::<PersistentVolume>::all(sim.client.clone());
     if volume.status.as_ref().and_then(|status| status.phase.as_deref()) != Some("Bound") {
         volumes
