@@ -117,9 +117,23 @@ pub(super) async fn reconcile_snapshot(snapshot: Arc<VolumeSnapshot>, sim: Arc<S
         }
     };
 
+    if content.metadata.deletion_timestamp.is_some() {
+        // A content being deleted (see below) must be gone before it is retaken.
+        return Ok(Action::requeue(WAIT_FOR_CLAIM));
+    }
     let content_status = content.status.clone().unwrap_or_default();
-    let cut_nanos = content_status.creation_time.unwrap_or_default();
-    let cut = Timestamp::from_nanosecond(i128::from(cut_nanos)).unwrap_or_else(|_| Timestamp::now());
+    let cut = content_status
+        .creation_time
+        .and_then(|nanos| Timestamp::from_nanosecond(i128::from(nanos)).ok());
+    let Some(cut) = cut else {
+        // An attempt died between creating the content and reporting its cut,
+        // so when the copy was made is unknown: take the snapshot again.
+        Api::<VolumeSnapshotContent>::all(sim.client.clone())
+            .delete(&content_name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("delete the unfinished VolumeSnapshotContent {content_name}"))?;
+        return Ok(Action::requeue(WAIT_FOR_CLAIM));
+    };
     if status.creation_time.is_none() || status.bound_volume_snapshot_content_name.is_none() {
         // The content exists but the snapshot never heard of it (a conflict or
         // a restart in between): report the cut now.
