@@ -4,13 +4,29 @@
 
 use std::time::Instant;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use futures::AsyncBufReadExt as _;
+use futures::TryStreamExt as _;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::json;
 use stowage_e2e::bed;
 use stowage_e2e::bed::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Waits for the `default` ServiceAccount's token Secret: the 1.20 apiserver refuses Pods
+/// ("No API token found for service account") until the token controller has created it.
+async fn wait_for_token(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    wait_for("the token of ServiceAccount default", || async {
+        let account = accounts.get_opt("default").await?;
+        Ok(account
+            .and_then(|account| account.secrets)
+            .is_some_and(|secrets| !secrets.is_empty())
+            .then_some(()))
+    })
+    .await
+}
 
 /// A Pod from its `spec` (JSON), created in `namespace`.
 async fn create_pod(
@@ -19,6 +35,7 @@ async fn create_pod(
     name: &str,
     spec: serde_json::Value,
 ) -> anyhow::Result<Api<Pod>> {
+    wait_for_token(client, namespace).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -338,6 +355,194 @@ async fn a_deployments_pod_is_bound_and_running() -> anyhow::Result<()> {
         assert_eq!(pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()), Some(stowage_e2e::testbed::NODE_NAME));
         let ready = status.conditions.unwrap_or_default().into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
         assert!(ready, "the pod is Ready");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn exec_streams_100_mib_into_stdin() -> anyhow::Result<()> {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let bed = bed().await?;
+    bed.with_namespace("node-stdin", |client, ns| async move {
+        let pods = idle_pod(&client, &ns).await?;
+        let params = AttachParams::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .max_stdin_buf_size(1024 * 1024);
+        let started = Instant::now();
+        let mut attached = pods.exec("idle", ["wc", "-c"], &params).await?;
+        let mut stdin = attached.stdin().expect("stdin was requested");
+        let mut stdout = attached.stdout().expect("stdout was requested");
+        let writer = tokio::spawn(async move {
+            let chunk = vec![7_u8; 1024 * 1024];
+            for _ in 0..SIZE / chunk.len() {
+                stdin.write_all(&chunk).await?;
+            }
+            stdin.shutdown().await
+        });
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).await?;
+        writer.await??;
+        let elapsed = started.elapsed();
+        let status = attached
+            .take_status()
+            .expect("status is taken once")
+            .await
+            .expect("the node sends a status");
+        assert_eq!(out.trim(), SIZE.to_string(), "bytes the command read from stdin");
+        assert_eq!(exit_code(&status).as_deref(), Some("0"), "status: {status:?}");
+        println!(
+            "exec stdin throughput through the apiserver: {:.0} MB/s ({SIZE} bytes in {elapsed:?})",
+            SIZE as f64 / elapsed.as_secs_f64() / 1e6
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn restart_policies_restart_containers() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    bed.with_namespace("node-restart", |client, ns| async move {
+        // Fails on its first run, succeeds on its second: the emptyDir survives the restart.
+        let script = "if [ -f /state/ran ]; then echo second run; exit 0; fi; touch /state/ran; echo first run; exit 1";
+        let pods = create_pod(
+            &client,
+            &ns,
+            "retry",
+            json!({
+                "restartPolicy": "OnFailure",
+                "containers": [{
+                    "name": "job",
+                    "image": "busybox",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{ "name": "state", "mountPath": "/state" }],
+                }],
+                "volumes": [{ "name": "state", "emptyDir": {} }],
+            }),
+        )
+        .await?;
+        let pod = wait_for_phase(&pods, "retry", "Succeeded").await?;
+        let status = pod
+            .status
+            .and_then(|status| status.container_statuses)
+            .unwrap_or_default();
+        assert_eq!(status.first().map(|container| container.restart_count), Some(1));
+        assert_eq!(
+            pods.logs("retry", &LogParams::default()).await?,
+            "first run\nsecond run\n"
+        );
+
+        create_pod(
+            &client,
+            &ns,
+            "crashes",
+            json!({
+                "containers": [{ "name": "main", "image": "busybox", "command": ["sh", "-c", "echo crash; exit 2"] }],
+            }),
+        )
+        .await?;
+        wait_for("container main of pod crashes to be restarted twice", || async {
+            let pod = pods.get("crashes").await?;
+            let statuses = pod
+                .status
+                .and_then(|status| status.container_statuses)
+                .unwrap_or_default();
+            Ok(statuses
+                .first()
+                .is_some_and(|container| container.restart_count >= 2)
+                .then_some(()))
+        })
+        .await?;
+        let pod = pods.get("crashes").await?;
+        assert_eq!(
+            pod.status.and_then(|status| status.phase).as_deref(),
+            Some("Running"),
+            "Always never ends a Pod"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn followed_logs_end_when_the_container_exits() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    bed.with_namespace("node-follow", |client, ns| async move {
+        let pods = create_pod(
+            &client,
+            &ns,
+            "counter",
+            json!({
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done"],
+                }],
+            }),
+        )
+        .await?;
+        wait_for_phase(&pods, "counter", "Running").await?;
+        let stream = pods
+            .log_stream(
+                "counter",
+                &LogParams {
+                    follow: true,
+                    ..LogParams::default()
+                },
+            )
+            .await?;
+        let lines: Vec<String> = stream.lines().try_collect().await?;
+        assert_eq!(lines, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_statefulsets_pod_writes_to_its_persistent_volume() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    bed.with_namespace("node-sts", |client, ns| async move {
+        let statefulset: StatefulSet = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": { "name": "db" },
+            "spec": {
+                "serviceName": "db",
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": "db" } },
+                "template": {
+                    "metadata": { "labels": { "app": "db" } },
+                    "spec": { "containers": [{
+                        "name": "db",
+                        "image": "postgres:16",
+                        "command": ["sh", "-c", "echo written-by-$(POD_NAME) > /var/lib/db/marker; exec sleep infinity"],
+                        "env": [{ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
+                        "volumeMounts": [{ "name": "data", "mountPath": "/var/lib/db" }],
+                    }] },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": { "name": "data" },
+                    "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } },
+                }],
+            },
+        }))?;
+        Api::<StatefulSet>::namespaced(client.clone(), &ns).create(&PostParams::default(), &statefulset).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        wait_for_phase(&pods, "db-0", "Running").await?;
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let volume_name = claims.get("data-db-0").await?.spec.and_then(|spec| spec.volume_name).unwrap_or_default();
+        let volume = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone()).get(&volume_name).await?;
+        let host_path = volume.spec.and_then(|spec| spec.host_path).map(|host_path| host_path.path).unwrap_or_default();
+        let marker = std::path::Path::new(&host_path).join("marker");
+        let content = wait_for("the marker file in the PersistentVolume's directory", || async {
+            Ok(std::fs::read_to_string(&marker).ok().filter(|content| !content.is_empty()))
+        })
+        .await?;
+        assert_eq!(content, "written-by-db-0\n");
         Ok(())
     })
     .await
