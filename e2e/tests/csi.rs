@@ -293,6 +293,17 @@ async fn a_snapshot_holds_the_files_at_its_cut_and_reports_cut_then_ready() -> a
 
         assert_original_files(&copy_path(&content)?)?;
         assert_eq!(std::fs::read_to_string(dir.join("new"))?, "written after the snapshot");
+
+        // The CRDs give kubectl the upstream short names and columns.
+        let table = bed.kubectl(["get", "vs", "-n", ns.as_str()]).await?;
+        assert!(
+            table.contains("READYTOUSE") && table.contains("SOURCEPVC") && table.contains("snap"),
+            "{table}"
+        );
+        let table = bed.kubectl(["get", "vsc", content.name_any().as_str()]).await?;
+        assert!(table.contains("DELETIONPOLICY") && table.contains(DRIVER), "{table}");
+        let table = bed.kubectl(["get", "vsclass", CLASS_NAME]).await?;
+        assert!(table.contains(DRIVER) && table.contains("Delete"), "{table}");
         Ok(())
     })
     .await
