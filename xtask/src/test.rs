@@ -1,6 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest.
 //!
-//! 1. `cargo fmt --check`, `cargo clippy -D warnings`;
+//! 1. `cargo fmt --check`, the CRDs in deploy/crds are current, `cargo clippy -D warnings`;
 //! 2. what the tests need (Debian packages, s3s-fs, the control plane binaries);
 //! 3. one test bed for the whole run (`envtest start`), shared by every test
 //!    binary through `STOWAGE_TESTBED_DIR` (each test still gets its own namespace);
@@ -24,6 +24,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     };
 
     step("cargo fmt --check", cargo().args(["fmt", "--all", "--check"]))?;
+    crate::crds::run(vec!["--check".into()])?;
     step(
         "cargo clippy",
         cargo().args([

@@ -4,11 +4,19 @@
 //! records (compression, artifact) come from stowage-core so both crates speak
 //! the same types.
 
+pub mod backup_storage;
 pub mod shared;
 
+pub use backup_storage::{BackupStorage, BackupStorageSpec, BackupStorageStatus, NamespacedSecretRef};
 pub use shared::{Algorithm, Artifact, ArtifactStatus, Compression, Encryption, SecretKeyRef, StorageRef};
 
 /// The API group of every Stowage kind.
 pub const GROUP: &str = "stowage.io";
 /// The API version of every Stowage kind.
 pub const VERSION: &str = "v1alpha1";
+
+/// The CustomResourceDefinitions of every kind, for `cargo xtask crds` and the test bed.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![BackupStorage::crd()]
+}
