@@ -4,6 +4,9 @@
 //! records (compression, artifact) come from stowage-core so both crates speak
 //! the same types.
 
+// kube's `printcolumn(name = …, type_ = …)` repeats keys across columns by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod backup_storage;
 pub mod shared;
 
