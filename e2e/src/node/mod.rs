@@ -9,6 +9,13 @@
 //!
 //! Everything it does is written to its own log file ([`NodeSimulator::log_path`]) so that a
 //! failing test can show what the "node" saw.
+//!
+//! What it does not simulate: images (a container without `command` idles as `sleep infinity`;
+//! `args` without `command` are ignored), probes (a running container is Ready), resource limits,
+//! network namespaces (every Pod shares the host's network, so two Pods listening on one port
+//! collide), `fsGroup`, terminal (tty) exec, `attach`, `portForward`, and exec over SPDY (kubectl
+//! 1.20's `kubectl exec` speaks only SPDY; kube-rs and newer kubectl use WebSocket). As in
+//! Kubernetes, `$(VAR)` in command and args is expanded and `$$` becomes `$`.
 
 mod container_logs;
 mod containers;
