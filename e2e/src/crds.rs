@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::discovery::Discovery;
 use serde::Deserialize as _;
 
@@ -29,12 +29,8 @@ pub fn bed_manifest_files() -> anyhow::Result<Vec<PathBuf>> {
             continue;
         };
         for entry in entries {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
-            let is_yaml = path
-                .extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml");
+            let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+            let is_yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
             if is_yaml && path.is_file() {
                 files.push(path);
             }
@@ -50,11 +46,10 @@ pub async fn apply_files(client: &kube::Client, files: &[PathBuf]) -> anyhow::Re
     let mut crds = Vec::new();
     let mut others = Vec::new();
     for file in files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for document in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_json::Value::deserialize(document)
-                .with_context(|| format!("parsing {}", file.display()))?;
+            let value =
+                serde_json::Value::deserialize(document).with_context(|| format!("parsing {}", file.display()))?;
             if value.is_null() {
                 continue;
             }
@@ -63,8 +58,8 @@ pub async fn apply_files(client: &kube::Client, files: &[PathBuf]) -> anyhow::Re
                     .with_context(|| format!("a CustomResourceDefinition in {}", file.display()))?;
                 crds.push(crd);
             } else {
-                let object: DynamicObject = serde_json::from_value(value)
-                    .with_context(|| format!("an object in {}", file.display()))?;
+                let object: DynamicObject =
+                    serde_json::from_value(value).with_context(|| format!("an object in {}", file.display()))?;
                 others.push((file.clone(), object));
             }
         }
@@ -86,10 +81,7 @@ pub async fn apply_files(client: &kube::Client, files: &[PathBuf]) -> anyhow::Re
 }
 
 /// Applies the CRDs and waits until each is Established.
-pub async fn apply_crds(
-    client: &kube::Client,
-    crds: &[CustomResourceDefinition],
-) -> anyhow::Result<()> {
+pub async fn apply_crds(client: &kube::Client, crds: &[CustomResourceDefinition]) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for crd in crds {
@@ -104,71 +96,67 @@ pub async fn apply_crds(
     }
     for crd in crds {
         let name = crd.metadata.name.as_deref().unwrap_or_default();
-        wait_established(&api, name).await?;
+        wait_established(client, name).await?;
     }
     Ok(())
 }
 
-async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) -> anyhow::Result<()> {
+async fn wait_established(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let deadline = Instant::now() + ESTABLISH_TIMEOUT;
     loop {
-        let crd = api
-            .get(name)
-            .await
-            .with_context(|| format!("reading CRD {name}"))?;
+        let crd = api.get(name).await.with_context(|| format!("reading CRD {name}"))?;
         let established = crd
             .status
-            .and_then(|status| status.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|condition| condition.type_ == "Established" && condition.status == "True");
-        if established {
+            .as_ref()
+            .and_then(|status| status.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|condition| condition.type_ == "Established" && condition.status == "True")
+            });
+        if established && serves_every_version(client, &crd).await {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "CRD {name} not Established after {ESTABLISH_TIMEOUT:?}"
+            "CRD {name} not Established and served after {ESTABLISH_TIMEOUT:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn apply_object(
-    client: &kube::Client,
-    discovery: &Discovery,
-    object: &DynamicObject,
-) -> anyhow::Result<()> {
-    let types = object
-        .types
-        .as_ref()
-        .context("an object without apiVersion and kind")?;
-    let gvk = kube::api::GroupVersionKind::try_from(types)?;
-    let (resource, capabilities) = discovery.resolve_gvk(&gvk).with_context(|| {
-        format!(
-            "the API server does not serve {}/{}",
-            types.api_version, types.kind
-        )
-    })?;
-    let name = object
-        .metadata
-        .name
-        .as_deref()
-        .context("an object without a name")?;
+/// Established can precede the resource's REST handler by a moment (a create then gets 404):
+/// list each served version once to be sure.
+async fn serves_every_version(client: &kube::Client, crd: &CustomResourceDefinition) -> bool {
+    let spec = &crd.spec;
+    for version in spec.versions.iter().filter(|version| version.served) {
+        let gvk = GroupVersionKind::gvk(&spec.group, &version.name, &spec.names.kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &spec.names.plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        if api.list(&ListParams::default().limit(1)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn apply_object(client: &kube::Client, discovery: &Discovery, object: &DynamicObject) -> anyhow::Result<()> {
+    let types = object.types.as_ref().context("an object without apiVersion and kind")?;
+    let gvk = GroupVersionKind::try_from(types)?;
+    let (resource, capabilities) = discovery
+        .resolve_gvk(&gvk)
+        .with_context(|| format!("the API server does not serve {}/{}", types.api_version, types.kind))?;
+    let name = object.metadata.name.as_deref().context("an object without a name")?;
     let api: Api<DynamicObject> = match (capabilities.scope, object.metadata.namespace.as_deref()) {
         (kube::discovery::Scope::Namespaced, Some(namespace)) => {
             Api::namespaced_with(client.clone(), namespace, &resource)
         }
-        (kube::discovery::Scope::Namespaced, None) => {
-            Api::default_namespaced_with(client.clone(), &resource)
-        }
+        (kube::discovery::Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
         (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
     };
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .with_context(|| format!("applying {} {name}", types.kind))?;
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+        .await
+        .with_context(|| format!("applying {} {name}", types.kind))?;
     Ok(())
 }

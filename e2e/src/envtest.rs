@@ -18,9 +18,10 @@ pub const BIN_DIR_ENV: &str = "STOWAGE_ENVTEST_BIN_DIR";
 
 const BUILT_BINARIES: [&str; 2] = ["kube-apiserver", "kube-controller-manager"];
 const ETCD: &str = "/usr/bin/etcd";
-const BUILD_PACKAGES: [&str; 11] = [
-    "etcd-server",
-    "etcd-client",
+/// What running the control plane needs (etcdctl helps when debugging a bed).
+const RUNTIME_PACKAGES: [&str; 2] = ["etcd-server", "etcd-client"];
+/// What building kube-apiserver and kube-controller-manager needs.
+const BUILD_PACKAGES: [&str; 8] = [
     "golang-go",
     "golang-github-modern-go-reflect2-dev",
     "dpkg-dev",
@@ -29,7 +30,6 @@ const BUILD_PACKAGES: [&str; 11] = [
     "gcc",
     "openssl",
     "ca-certificates",
-    "kubernetes-client",
 ];
 const REFLECT2_SOURCE: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
 
@@ -90,9 +90,7 @@ pub fn locate() -> anyhow::Result<Binaries> {
         }
     }
     if !binaries.etcd.is_file() {
-        bail!(
-            "etcd not found at {ETCD}: run `cargo xtask envtest install` or `apt-get install etcd-server`"
-        );
+        bail!("etcd not found at {ETCD}: run `cargo xtask envtest install` or `apt-get install etcd-server`");
     }
     Ok(binaries)
 }
@@ -111,26 +109,21 @@ pub fn install() -> anyhow::Result<Binaries> {
     let root = cache_root();
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let lock_path = root.join("install.lock");
-    let lock_file = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    eprintln!(
-        "envtest: waiting for the install lock {}",
-        lock_path.display()
-    );
+    let lock_file = std::fs::File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    eprintln!("envtest: waiting for the install lock {}", lock_path.display());
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| anyhow::anyhow!("locking {}: {errno}", lock_path.display()))?;
 
-    ensure_packages(&BUILD_PACKAGES)?;
+    ensure_packages(&RUNTIME_PACKAGES)?;
+    ensure_kubectl()?;
     if let Ok(binaries) = locate() {
         eprintln!(
             "envtest: cached binaries found in {}",
-            binaries
-                .kube_apiserver
-                .parent()
-                .map_or(root.display(), Path::display)
+            binaries.kube_apiserver.parent().map_or(root.display(), Path::display)
         );
         return Ok(binaries);
     }
+    ensure_packages(&BUILD_PACKAGES)?;
     let version = ensure_source_available()?;
     let bin_dir = root.join(&version).join("bin");
     build(&root, &bin_dir)?;
@@ -161,13 +154,22 @@ fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     })
 }
 
+/// Tests call kubectl; any kubectl on PATH will do (machines with the Google Cloud SDK's
+/// `kubectl` package cannot install Debian's `kubernetes-client`: both own /usr/bin/kubectl).
+fn ensure_kubectl() -> anyhow::Result<()> {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("kubectl").is_file()));
+    if on_path {
+        return Ok(());
+    }
+    ensure_packages(&["kubernetes-client"])
+}
+
 fn package_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f", "${Status}", package])
         .output()
-        .is_ok_and(|output| {
-            String::from_utf8_lossy(&output.stdout).contains("install ok installed")
-        })
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).contains("install ok installed"))
 }
 
 /// Makes `apt-get source kubernetes` possible: adds a deb-src entry mirroring the binary entry
@@ -178,12 +180,8 @@ fn ensure_source_available() -> anyhow::Result<String> {
     }
     let sources_dir = Path::new("/etc/apt/sources.list.d");
     let binary_entry = sources_dir.join("debian.sources");
-    let entry = std::fs::read_to_string(&binary_entry).with_context(|| {
-        format!(
-            "reading {} to derive a deb-src entry",
-            binary_entry.display()
-        )
-    })?;
+    let entry = std::fs::read_to_string(&binary_entry)
+        .with_context(|| format!("reading {} to derive a deb-src entry", binary_entry.display()))?;
     let stanza = deb_src_stanza(&entry).with_context(|| {
         format!(
             "{} has no entry for the bookworm suite to mirror as deb-src",
@@ -191,12 +189,8 @@ fn ensure_source_available() -> anyhow::Result<String> {
         )
     })?;
     let target = sources_dir.join("stowage-deb-src.sources");
-    eprintln!(
-        "envtest: writing {} and running apt-get update",
-        target.display()
-    );
-    std::fs::write(&target, stanza)
-        .with_context(|| format!("writing {} (run as root)", target.display()))?;
+    eprintln!("envtest: writing {} and running apt-get update", target.display());
+    std::fs::write(&target, stanza).with_context(|| format!("writing {} (run as root)", target.display()))?;
     run(Command::new("apt-get").arg("update")).context("apt-get update")?;
     apt_source_version().context(
         "apt knows no `kubernetes` source package even with a deb-src entry for bookworm: \
@@ -219,9 +213,7 @@ fn deb_src_stanza(sources: &str) -> Option<String> {
             .any(|suite| suite == "bookworm")
             .then_some(())?;
         let uris = field("URIs")?;
-        let mut stanza = format!(
-            "Types: deb-src\nURIs: {uris}\nSuites: bookworm bookworm-updates\nComponents: main\n"
-        );
+        let mut stanza = format!("Types: deb-src\nURIs: {uris}\nSuites: bookworm bookworm-updates\nComponents: main\n");
         if let Some(signed_by) = field("Signed-By") {
             stanza.push_str(&format!("Signed-By: {signed_by}\n"));
         }
@@ -235,10 +227,7 @@ fn build(root: &Path, bin_dir: &Path) -> anyhow::Result<()> {
         .prefix("build-")
         .tempdir_in(root)
         .with_context(|| format!("creating a scratch directory in {}", root.display()))?;
-    eprintln!(
-        "envtest: apt-get source kubernetes in {}",
-        scratch.path().display()
-    );
+    eprintln!("envtest: apt-get source kubernetes in {}", scratch.path().display());
     run(Command::new("apt-get")
         .args(["source", "kubernetes"])
         .current_dir(scratch.path()))
@@ -247,13 +236,9 @@ fn build(root: &Path, bin_dir: &Path) -> anyhow::Result<()> {
 
     // The vendored reflect2 v1.0.1 segfaults under Go >= 1.18; Debian ships 1.0.2.
     let vendored = source.join("vendor/github.com/modern-go/reflect2");
-    eprintln!(
-        "envtest: replacing {} with {REFLECT2_SOURCE}",
-        vendored.display()
-    );
+    eprintln!("envtest: replacing {} with {REFLECT2_SOURCE}", vendored.display());
     if vendored.exists() {
-        std::fs::remove_dir_all(&vendored)
-            .with_context(|| format!("removing {}", vendored.display()))?;
+        std::fs::remove_dir_all(&vendored).with_context(|| format!("removing {}", vendored.display()))?;
     }
     copy_dir(Path::new(REFLECT2_SOURCE), &vendored)?;
     let _ = std::fs::remove_file(vendored.join("go.mod"));
@@ -264,8 +249,7 @@ fn build(root: &Path, bin_dir: &Path) -> anyhow::Result<()> {
         BUILT_BINARIES.join(" and "),
         log_path.display()
     );
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut make = Command::new("make");
     make.arg(format!(
         "WHAT={}",
@@ -277,9 +261,7 @@ fn build(root: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     .stdin(Stdio::null())
     .stdout(log.try_clone()?)
     .stderr(log);
-    let mut child = make
-        .spawn()
-        .context("starting make (is `make` installed?)")?;
+    let mut child = make.spawn().context("starting make (is `make` installed?)")?;
     let started = Instant::now();
     let mut next_report = started + Duration::from_secs(60);
     let status = loop {
@@ -288,10 +270,7 @@ fn build(root: &Path, bin_dir: &Path) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
         if Instant::now() >= next_report {
-            eprintln!(
-                "envtest: still building ({} min)",
-                started.elapsed().as_secs() / 60
-            );
+            eprintln!("envtest: still building ({} min)", started.elapsed().as_secs() / 60);
             next_report += Duration::from_secs(60);
         }
     };
@@ -312,8 +291,7 @@ fn build(root: &Path, bin_dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("copying {} into the cache", built.display()))?;
     }
     let _ = std::fs::remove_dir_all(bin_dir);
-    std::fs::rename(&staging, bin_dir)
-        .with_context(|| format!("moving binaries to {}", bin_dir.display()))?;
+    std::fs::rename(&staging, bin_dir).with_context(|| format!("moving binaries to {}", bin_dir.display()))?;
     eprintln!(
         "envtest: cached {} in {}",
         BUILT_BINARIES.join(" and "),
@@ -351,8 +329,7 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;
         } else {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("copying {}", entry.path().display()))?;
+            std::fs::copy(entry.path(), &target).with_context(|| format!("copying {}", entry.path().display()))?;
         }
     }
     Ok(())
@@ -364,4 +341,36 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
         .with_context(|| format!("starting {:?}", command.get_program()))?;
     anyhow::ensure!(status.success(), "{:?} failed: {status}", command);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deb_src_stanza;
+
+    const SOURCES: &str = "Types: deb\n\
+        URIs: http://mirror.invalid/debian\n\
+        Suites: bookworm bookworm-updates\n\
+        Components: main\n\
+        Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\
+        \n\
+        Types: deb\n\
+        URIs: http://mirror.invalid/debian-security\n\
+        Suites: bookworm-security\n\
+        Components: main\n";
+
+    #[test]
+    fn the_deb_src_entry_mirrors_the_bookworm_entry() {
+        let stanza = deb_src_stanza(SOURCES).expect("a bookworm entry exists");
+        assert_eq!(
+            stanza,
+            "Types: deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n\
+             Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        );
+    }
+
+    #[test]
+    fn no_bookworm_entry_means_no_deb_src_entry() {
+        let security_only = SOURCES.split("\n\n").nth(1).expect("two stanzas");
+        assert_eq!(deb_src_stanza(security_only), None);
+    }
 }

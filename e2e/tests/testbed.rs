@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, ObjectReference, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use stowage_e2e::controlplane::ControlPlane;
 use stowage_e2e::etcd::{EtcdOptions, EtcdServer};
@@ -57,16 +55,12 @@ async fn crds_custom_resources_status_patches_and_server_side_apply() -> anyhow:
                    "metadata": {"name": "w1"}, "spec": {"size": size, "color": "blue"}})
         };
         let params = PatchParams::apply("selftest");
-        widgets
-            .patch("w1", &params, &Patch::Apply(apply(1)))
-            .await?;
+        widgets.patch("w1", &params, &Patch::Apply(apply(1))).await?;
         let status = json!({"status": {"phase": "Ready"}});
         widgets
             .patch_status("w1", &PatchParams::default(), &Patch::Merge(status))
             .await?;
-        widgets
-            .patch("w1", &params, &Patch::Apply(apply(3)))
-            .await?;
+        widgets.patch("w1", &params, &Patch::Apply(apply(3))).await?;
 
         let widget = widgets.get("w1").await?;
         assert_eq!(
@@ -78,10 +72,7 @@ async fn crds_custom_resources_status_patches_and_server_side_apply() -> anyhow:
             "the status patch stuck: {widget:?}"
         );
         let refused = widgets.patch("w1", &params, &Patch::Apply(apply(0))).await;
-        assert!(
-            refused.is_err(),
-            "OpenAPI validation (minimum: 1) refuses size 0"
-        );
+        assert!(refused.is_err(), "OpenAPI validation (minimum: 1) refuses size 0");
         anyhow::Ok(())
     })
     .await
@@ -102,12 +93,17 @@ async fn a_deployment_gets_its_replica_set_from_the_controller_manager() -> anyh
                 }
             }
         }))?;
-        Api::<Deployment>::namespaced(client.clone(), &ns).create(&PostParams::default(), &deployment).await?;
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &deployment)
+            .await?;
         let replica_sets: Api<ReplicaSet> = Api::namespaced(client, &ns);
         let owner = wait_for("a ReplicaSet owned by Deployment web", || async {
             let list = replica_sets.list(&ListParams::default()).await?;
             Ok(list.items.into_iter().find_map(|rs| {
-                rs.metadata.owner_references?.into_iter().find(|owner| owner.kind == "Deployment")
+                rs.metadata
+                    .owner_references?
+                    .into_iter()
+                    .find(|owner| owner.kind == "Deployment")
             }))
         })
         .await?;
@@ -122,8 +118,7 @@ async fn namespace_deletion_completes() -> anyhow::Result<()> {
     let bed = bed().await?;
     let client = bed.client();
     let ns = stowage_e2e::namespace::create_namespace(&client, "deletion").await?;
-    let config_map: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"a": "b"}}))?;
+    let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"a": "b"}}))?;
     Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &config_map)
         .await?;
@@ -146,10 +141,7 @@ async fn with_namespace_propagates_a_failure_and_deletes_the_namespace() -> anyh
         })
         .await;
     let err = result.expect_err("the body's error comes back");
-    assert!(
-        format!("{err:#}").contains("the body failed on purpose"),
-        "{err:#}"
-    );
+    assert!(format!("{err:#}").contains("the body failed on purpose"), "{err:#}");
     let namespace = Api::<Namespace>::all(bed.client()).get_opt(&used).await?;
     let terminating = namespace.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some());
     assert!(terminating, "namespace {used} is being deleted");
@@ -157,15 +149,13 @@ async fn with_namespace_propagates_a_failure_and_deletes_the_namespace() -> anyh
 }
 
 #[tokio::test]
-async fn the_failure_dump_shows_objects_events_and_logs_but_no_secret_values() -> anyhow::Result<()>
-{
+async fn the_failure_dump_shows_objects_events_and_logs_but_no_secret_values() -> anyhow::Result<()> {
     let bed = bed().await?;
     let log = tempfile::NamedTempFile::new()?;
     std::fs::write(log.path(), "controller says: reconciled widget w1\n")?;
     bed.register_log("fake-controller", log.path());
     bed.with_namespace("dump", |client, ns| async move {
-        let config_map: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": "dumped-settings"}}))?;
+        let config_map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "dumped-settings"}}))?;
         Api::<ConfigMap>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &config_map)
             .await?;
@@ -174,10 +164,7 @@ async fn the_failure_dump_shows_objects_events_and_logs_but_no_secret_values() -
                 name: Some("dumped-secret".into()),
                 ..Default::default()
             },
-            string_data: Some(BTreeMap::from([(
-                "password".to_string(),
-                "hunter2-value".to_string(),
-            )])),
+            string_data: Some(BTreeMap::from([("password".to_string(), "hunter2-value".to_string())])),
             ..Default::default()
         };
         Api::<Secret>::namespaced(client.clone(), &ns)
@@ -212,15 +199,9 @@ async fn the_failure_dump_shows_objects_events_and_logs_but_no_secret_values() -
             "an event for the dump",
             "controller says: reconciled widget w1",
         ] {
-            assert!(
-                report.contains(expected),
-                "the dump shows {expected:?}:\n{report}"
-            );
+            assert!(report.contains(expected), "the dump shows {expected:?}:\n{report}");
         }
-        assert!(
-            !report.contains("hunter2"),
-            "the dump hides Secret values:\n{report}"
-        );
+        assert!(!report.contains("hunter2"), "the dump hides Secret values:\n{report}");
         anyhow::Ok(())
     })
     .await
@@ -229,9 +210,7 @@ async fn the_failure_dump_shows_objects_events_and_logs_but_no_secret_values() -
 #[tokio::test]
 async fn kubectl_talks_to_the_bed() -> anyhow::Result<()> {
     let bed = bed().await?;
-    let output = bed
-        .kubectl(["get", "namespace", "kube-system", "-o", "name"])
-        .await?;
+    let output = bed.kubectl(["get", "namespace", "kube-system", "-o", "name"]).await?;
     assert_eq!(output.trim(), "namespace/kube-system");
     Ok(())
 }
@@ -241,16 +220,14 @@ async fn a_stopped_control_plane_leaves_no_process() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut plane = ControlPlane::start(dir.path()).await?;
     let namespaces: Api<Namespace> = Api::all(plane.client().await?);
+    let default = namespaces.get_opt("default").await?;
     assert!(
-        namespaces.get_opt("default").await?.is_some(),
-        "the default namespace exists"
+        default.is_some(),
+        "the default namespace exists once start returns; the end of the apiserver's log:\n{}",
+        stowage_e2e::process::log_tail(&plane.log_paths()["kube-apiserver"], 30)
     );
     let pids = plane.pids();
-    assert_eq!(
-        pids.len(),
-        3,
-        "etcd, kube-apiserver, kube-controller-manager: {pids:?}"
-    );
+    assert_eq!(pids.len(), 3, "etcd, kube-apiserver, kube-controller-manager: {pids:?}");
     plane.stop();
     for (name, pid) in pids {
         assert!(
@@ -285,10 +262,8 @@ async fn etcd_fixture_requires_and_accepts_client_certificates() -> anyhow::Resu
     assert_eq!(response.kvs()[0].value(), b"over-tls");
 
     // Without a client certificate the server refuses the request.
-    let ca_only = etcd_client::ConnectOptions::new().with_tls(
-        etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca.cert_pem)),
-    );
+    let ca_only = etcd_client::ConnectOptions::new()
+        .with_tls(etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca.cert_pem)));
     let refused = match etcd_client::Client::connect([etcd.endpoint()], Some(ca_only)).await {
         Ok(mut anonymous) => anonymous.get("secret-key", None).await.is_err(),
         Err(_) => true,

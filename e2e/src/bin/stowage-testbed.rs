@@ -18,10 +18,12 @@ const MARKER: &str = ".stowage-testbed";
 async fn main() -> anyhow::Result<()> {
     let dir = parse_dir()?;
     prepare_dir(&dir)?;
+    let started = std::time::Instant::now();
     let mut bed = RunningBed::start(&dir).await?;
     let info = bed.info().clone();
     println!(
-        "test bed ready: {}",
+        "test bed ready in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
         info.dir.join(stowage_e2e::testbed::INFO_FILE).display()
     );
     println!("export KUBECONFIG={}", info.kubeconfig.display());
