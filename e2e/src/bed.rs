@@ -68,8 +68,7 @@ impl TestBed {
     /// runtime it was created in ends, and each test has its own runtime).
     pub fn client(&self) -> kube::Client {
         // try_from only fails for TLS configuration errors, which connect() already ruled out.
-        kube::Client::try_from(self.config.clone())
-            .unwrap_or_else(|err| panic!("building a kube client: {err}"))
+        kube::Client::try_from(self.config.clone()).unwrap_or_else(|err| panic!("building a kube client: {err}"))
     }
 
     /// The admin client configuration, e.g. for controllers under test.
@@ -94,10 +93,7 @@ impl TestBed {
 
     /// The log files failing tests print, by name.
     pub fn logs(&self) -> Vec<(String, PathBuf)> {
-        self.logs
-            .lock()
-            .map(|logs| logs.clone())
-            .unwrap_or_default()
+        self.logs.lock().map(|logs| logs.clone()).unwrap_or_default()
     }
 
     /// Runs the system kubectl against the bed; returns its stdout, or fails with its stderr.
@@ -158,9 +154,7 @@ async fn start_in_process() -> anyhow::Result<TestBedInfo> {
             {
                 Ok(runtime) => runtime,
                 Err(err) => {
-                    let _ = ready.send(Err(
-                        anyhow::Error::new(err).context("building the test bed's runtime")
-                    ));
+                    let _ = ready.send(Err(anyhow::Error::new(err).context("building the test bed's runtime")));
                     return;
                 }
             };
@@ -193,10 +187,7 @@ fn remove_stale_beds() {
         let Some(rest) = name.strip_prefix("stowage-bed-") else {
             continue;
         };
-        let pid = rest
-            .split('-')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok());
+        let pid = rest.split('-').next().and_then(|pid| pid.parse::<u32>().ok());
         if pid.is_some_and(|pid| !crate::process::pid_alive(pid)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -223,8 +214,7 @@ where
             Err(err) => last_error = Some(err),
         }
         if tokio::time::Instant::now() >= deadline {
-            let cause =
-                last_error.map_or_else(String::new, |err| format!(" (last error: {err:#})"));
+            let cause = last_error.map_or_else(String::new, |err| format!(" (last error: {err:#})"));
             anyhow::bail!("timed out after {WAIT_TIMEOUT:?} waiting for {what}{cause}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -72,24 +72,14 @@ impl EtcdServer {
             command
                 .arg(format!("--cert-file={}", server.cert_path.display()))
                 .arg(format!("--key-file={}", server.key_path.display()))
-                .arg(format!(
-                    "--trusted-ca-file={}",
-                    ca.files.cert_path.display()
-                ))
+                .arg(format!("--trusted-ca-file={}", ca.files.cert_path.display()))
                 .arg("--client-cert-auth");
-            Some(EtcdTls {
-                ca: ca.files,
-                client,
-            })
+            Some(EtcdTls { ca: ca.files, client })
         } else {
             None
         };
         let mut process = ManagedChild::spawn("etcd", command, &dir.path().join("etcd.log"))?;
-        wait_for_port(
-            &mut process,
-            client_port,
-            std::time::Duration::from_secs(60),
-        )?;
+        wait_for_port(&mut process, client_port, std::time::Duration::from_secs(60))?;
         Ok(Self {
             process,
             endpoint,
@@ -125,14 +115,9 @@ impl EtcdServer {
         install_crypto_provider();
         let mut options = etcd_client::ConnectOptions::new();
         if let Some(tls) = &self.tls {
-            let identity =
-                etcd_client::Identity::from_pem(&tls.client.cert_pem, &tls.client.key_pem);
+            let identity = etcd_client::Identity::from_pem(&tls.client.cert_pem, &tls.client.key_pem);
             let ca = etcd_client::Certificate::from_pem(&tls.ca.cert_pem);
-            options = options.with_tls(
-                etcd_client::TlsOptions::new()
-                    .ca_certificate(ca)
-                    .identity(identity),
-            );
+            options = options.with_tls(etcd_client::TlsOptions::new().ca_certificate(ca).identity(identity));
         }
         etcd_client::Client::connect([self.endpoint.as_str()], Some(options))
             .await

@@ -99,18 +99,11 @@ pub async fn dump(client: &kube::Client, namespace: &str, logs: &[(String, PathB
         report.push_str(&crate::process::log_tail(path, LOG_LINES));
         report.push('\n');
     }
-    let _ = writeln!(
-        report,
-        "======== end of the state of namespace {namespace} ========"
-    );
+    let _ = writeln!(report, "======== end of the state of namespace {namespace} ========");
     report
 }
 
-async fn dump_objects(
-    client: &kube::Client,
-    namespace: &str,
-    report: &mut String,
-) -> anyhow::Result<()> {
+async fn dump_objects(client: &kube::Client, namespace: &str, report: &mut String) -> anyhow::Result<()> {
     let discovery = Discovery::new(client.clone())
         .run()
         .await
@@ -123,8 +116,7 @@ async fn dump_objects(
             if skip {
                 continue;
             }
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), namespace, &resource);
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
             let objects = match api.list(&ListParams::default()).await {
                 Ok(list) => list.items,
                 Err(err) => {
@@ -138,11 +130,7 @@ async fn dump_objects(
                     redact_secret(&mut object);
                 }
                 let name = object.metadata.name.clone().unwrap_or_default();
-                let _ = writeln!(
-                    report,
-                    "--- {} {name} ({})",
-                    resource.kind, resource.api_version
-                );
+                let _ = writeln!(report, "--- {} {name} ({})", resource.kind, resource.api_version);
                 match serde_yaml::to_string(&object) {
                     Ok(yaml) => report.push_str(&yaml),
                     Err(err) => {
@@ -158,11 +146,7 @@ async fn dump_objects(
 /// Secret values never appear in test output; their keys do.
 fn redact_secret(object: &mut DynamicObject) {
     for field in ["data", "stringData"] {
-        if let Some(values) = object
-            .data
-            .get_mut(field)
-            .and_then(|values| values.as_object_mut())
-        {
+        if let Some(values) = object.data.get_mut(field).and_then(|values| values.as_object_mut()) {
             values
                 .values_mut()
                 .for_each(|value| *value = serde_json::Value::from("(redacted)"));
@@ -181,13 +165,7 @@ async fn events(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<St
             .map(|time| time.0)
             .or_else(|| event.event_time.as_ref().map(|time| time.0))
             .or_else(|| event.first_timestamp.as_ref().map(|time| time.0))
-            .or_else(|| {
-                event
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|time| time.0)
-            })
+            .or_else(|| event.metadata.creation_timestamp.as_ref().map(|time| time.0))
     };
     events.sort_by_key(|event| time(event));
     Ok(events

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// A PEM certificate and its PEM private key, both also written to files.
@@ -58,41 +57,23 @@ impl CertificateAuthority {
     /// A serving certificate for 127.0.0.1 and localhost (`CA:FALSE`, serverAuth): rustls
     /// refuses a CA certificate presented as a server certificate.
     pub fn issue_server(&self, dir: &Path, name: &str) -> anyhow::Result<CertFiles> {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, "localhost");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(dir, name, params)
     }
 
     /// A client certificate with the given common name (clientAuth).
-    pub fn issue_client(
-        &self,
-        dir: &Path,
-        name: &str,
-        common_name: &str,
-    ) -> anyhow::Result<CertFiles> {
+    pub fn issue_client(&self, dir: &Path, name: &str, common_name: &str) -> anyhow::Result<CertFiles> {
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(dir, name, params)
     }
 
-    fn issue(
-        &self,
-        dir: &Path,
-        name: &str,
-        mut params: CertificateParams,
-    ) -> anyhow::Result<CertFiles> {
+    fn issue(&self, dir: &Path, name: &str, mut params: CertificateParams) -> anyhow::Result<CertFiles> {
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().with_context(|| format!("generating the key of {name}"))?;
         let cert = params
@@ -109,21 +90,14 @@ pub fn write_signing_key(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, Pat
     let private = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     write_private(&private, &key.serialize_pem())?;
-    std::fs::write(&public, key.public_key_pem())
-        .with_context(|| format!("writing {}", public.display()))?;
+    std::fs::write(&public, key.public_key_pem()).with_context(|| format!("writing {}", public.display()))?;
     Ok((private, public))
 }
 
-fn write_pair(
-    dir: &Path,
-    name: &str,
-    cert_pem: String,
-    key_pem: String,
-) -> anyhow::Result<CertFiles> {
+fn write_pair(dir: &Path, name: &str, cert_pem: String, key_pem: String) -> anyhow::Result<CertFiles> {
     let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
-    std::fs::write(&cert_path, &cert_pem)
-        .with_context(|| format!("writing {}", cert_path.display()))?;
+    std::fs::write(&cert_path, &cert_pem).with_context(|| format!("writing {}", cert_path.display()))?;
     write_private(&key_path, &key_pem)?;
     Ok(CertFiles {
         cert_path,

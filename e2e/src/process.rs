@@ -36,21 +36,15 @@ impl ManagedChild {
             .append(true)
             .open(log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         #[allow(unsafe_code)]
         // SAFETY: the closure runs between fork and exec and only makes the prctl system call,
         // which is async-signal-safe; it allocates nothing and takes no locks.
         unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)
-            });
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
         }
         let program = command.get_program().to_string_lossy().into_owned();
-        let child = spawn_from_spawner_thread(command)
-            .with_context(|| format!("starting {name} ({program})"))?;
+        let child = spawn_from_spawner_thread(command).with_context(|| format!("starting {name} ({program})"))?;
         Ok(Self {
             name: name.to_string(),
             child: Some(child),
@@ -117,10 +111,7 @@ pub fn spawn_detached(mut command: Command, log_path: &Path) -> anyhow::Result<u
         .append(true)
         .open(log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    command
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     #[allow(unsafe_code)]
     // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -160,10 +151,7 @@ pub fn terminate_pid(pid: u32, grace: Duration) -> anyhow::Result<()> {
             let _ = kill(target, Signal::SIGKILL);
             let hard_deadline = Instant::now() + Duration::from_secs(10);
             while pid_alive(pid) {
-                anyhow::ensure!(
-                    Instant::now() < hard_deadline,
-                    "process {pid} survived SIGKILL"
-                );
+                anyhow::ensure!(Instant::now() < hard_deadline, "process {pid} survived SIGKILL");
                 std::thread::sleep(Duration::from_millis(50));
             }
             break;

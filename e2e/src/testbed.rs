@@ -78,12 +78,7 @@ impl RunningBed {
         tokio::task::spawn_blocking(crate::envtest::ensure_installed)
             .await
             .context("the install task panicked")?
-            .with_context(|| {
-                format!(
-                    "installing the control plane for the bed in {}",
-                    binaries_dir.display()
-                )
-            })?;
+            .with_context(|| format!("installing the control plane for the bed in {}", binaries_dir.display()))?;
         let _ = std::fs::remove_file(dir.join(INFO_FILE));
         let options = ControlPlaneOptions {
             manifests: crate::crds::bed_manifest_files()?,

@@ -108,7 +108,11 @@ async fn tour(bed: &TestBed) -> anyhow::Result<()> {
         .exec(
             "demo-db",
             ["sh", "-c", DUMP],
-            &AttachParams::default().container("db").stdout(true).stderr(false).max_stdout_buf_size(1 << 20),
+            &AttachParams::default()
+                .container("db")
+                .stdout(true)
+                .stderr(false)
+                .max_stdout_buf_size(1 << 20),
         )
         .await?;
     let stdout = process.stdout().context("exec gave no stdout")?;
