@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::NodeContext;
 use super::containers::ContainerRuntime;
-use super::kubelet_api::{Body, Query, text};
+use super::kubelet_api::{Body, Query, find_container, text};
 
 const CHUNK: usize = 64 * 1024;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -29,17 +29,9 @@ pub(super) async fn handle(
     container: &str,
     query: &Query,
 ) -> Response<Body> {
-    let Some(pod_runtime) = ctx.pod(namespace, pod) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            &format!("pod {namespace}/{pod} is not running on this node"),
-        );
-    };
-    let Some(runtime) = super::lock(&pod_runtime.containers).get(container).cloned() else {
-        return text(
-            StatusCode::NOT_FOUND,
-            &format!("container {container} not found in pod {namespace}/{pod}"),
-        );
+    let (pod_runtime, runtime) = match find_container(ctx, namespace, pod, container) {
+        Ok(found) => found,
+        Err(response) => return *response,
     };
     let mut file = match File::open(&runtime.log_path).await {
         Ok(file) => file,

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::NodeContext;
 use super::containers::ContainerRuntime;
-use super::kubelet_api::{Body, Query, text};
+use super::kubelet_api::{Body, Query, find_container, text};
 use super::process::{Stdios, exit_code};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -113,17 +113,9 @@ pub(super) fn handle(
             "no supported WebSocket protocol: offer v5.channel.k8s.io or v4.channel.k8s.io",
         );
     };
-    let Some(pod_runtime) = ctx.pod(namespace, pod) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            &format!("pod {namespace}/{pod} is not running on this node"),
-        );
-    };
-    let Some(runtime) = super::lock(&pod_runtime.containers).get(container).cloned() else {
-        return text(
-            StatusCode::NOT_FOUND,
-            &format!("container {container} not found in pod {namespace}/{pod}"),
-        );
+    let (pod_runtime, runtime) = match find_container(&ctx, namespace, pod, container) {
+        Ok(found) => found,
+        Err(response) => return *response,
     };
     if !*runtime.running.borrow() {
         return text(

@@ -172,6 +172,34 @@ async fn route(ctx: Arc<NodeContext>, request: Request<Incoming>) -> Response<Bo
 }
 
 /// A plain-text response, for errors the API server passes back to the client.
+/// A pod and one of its containers, as a kubelet request names them.
+pub(super) type FoundContainer = (Arc<super::pods::PodRuntime>, Arc<super::containers::ContainerRuntime>);
+
+/// The running container a kubelet request names, or the 404 that says which part is missing.
+pub(super) fn find_container(
+    ctx: &NodeContext,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<FoundContainer, Box<Response<Body>>> {
+    let pod_runtime = ctx.pod(namespace, pod).ok_or_else(|| {
+        Box::new(text(
+            StatusCode::NOT_FOUND,
+            &format!("pod {namespace}/{pod} is not running on this node"),
+        ))
+    })?;
+    let container_runtime = super::lock(&pod_runtime.containers)
+        .get(container)
+        .cloned()
+        .ok_or_else(|| {
+            Box::new(text(
+                StatusCode::NOT_FOUND,
+                &format!("container {container} not found in pod {namespace}/{pod}"),
+            ))
+        })?;
+    Ok((pod_runtime, container_runtime))
+}
+
 pub(super) fn text(status: StatusCode, message: &str) -> Response<Body> {
     let body = Full::new(Bytes::from(format!("{message}\n")))
         .map_err(|never| match never {})
