@@ -1,0 +1,1 @@
+//! Pod exec transport (being written).
