@@ -8,9 +8,11 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod backup_storage;
+pub mod etcd_backup;
 pub mod shared;
 
 pub use backup_storage::{BackupStorage, BackupStorageSpec, BackupStorageStatus, NamespacedSecretRef};
+pub use etcd_backup::{EtcdBackup, EtcdBackupPhase, EtcdBackupSpec, EtcdBackupStatus, RetainPolicy};
 pub use shared::{Algorithm, Artifact, ArtifactStatus, Compression, Encryption, SecretKeyRef, StorageRef};
 
 /// The API group of every Stowage kind.
@@ -21,5 +23,5 @@ pub const VERSION: &str = "v1alpha1";
 /// The CustomResourceDefinitions of every kind, for `cargo xtask crds` and the test bed.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![BackupStorage::crd()]
+    vec![BackupStorage::crd(), EtcdBackup::crd()]
 }
