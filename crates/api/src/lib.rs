@@ -12,7 +12,7 @@ pub mod etcd_backup;
 pub mod shared;
 
 pub use backup_storage::{BackupStorage, BackupStorageSpec, BackupStorageStatus, NamespacedSecretRef};
-pub use etcd_backup::{EtcdBackup, EtcdBackupPhase, EtcdBackupSpec, EtcdBackupStatus, RetainPolicy};
+pub use etcd_backup::{EtcdBackup, EtcdBackupPhase, EtcdBackupSpec, EtcdBackupStatus};
 pub use shared::{Algorithm, Artifact, ArtifactStatus, Compression, Encryption, SecretKeyRef, StorageRef};
 
 /// The API group of every Stowage kind.
