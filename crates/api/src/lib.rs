@@ -7,10 +7,15 @@
 // kube's `printcolumn(name = …, type_ = …)` repeats keys across columns by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod backup_schedule;
 pub mod backup_storage;
 pub mod etcd_backup;
 pub mod shared;
 
+pub use backup_schedule::{
+    BackupSchedule, BackupScheduleSpec, BackupScheduleStatus, ConcurrencyPolicy, Retention, RunKind, RunReference,
+    RunTemplate, TemplateMetadata,
+};
 pub use backup_storage::{BackupStorage, BackupStorageSpec, BackupStorageStatus, NamespacedSecretRef};
 pub use etcd_backup::{EtcdBackup, EtcdBackupPhase, EtcdBackupSpec, EtcdBackupStatus};
 pub use shared::{Algorithm, Artifact, ArtifactStatus, Compression, Encryption, SecretKeyRef, StorageRef};
@@ -23,5 +28,5 @@ pub const VERSION: &str = "v1alpha1";
 /// The CustomResourceDefinitions of every kind, for `cargo xtask crds` and the test bed.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![BackupStorage::crd(), EtcdBackup::crd()]
+    vec![BackupSchedule::crd(), BackupStorage::crd(), EtcdBackup::crd()]
 }
