@@ -10,6 +10,9 @@
 pub mod backup_schedule;
 pub mod backup_storage;
 pub mod etcd_backup;
+pub mod resource_backup;
+pub mod resource_restore;
+pub mod resource_set;
 pub mod shared;
 
 pub use backup_schedule::{
@@ -18,6 +21,9 @@ pub use backup_schedule::{
 };
 pub use backup_storage::{BackupStorage, BackupStorageSpec, BackupStorageStatus, NamespacedSecretRef};
 pub use etcd_backup::{EtcdBackup, EtcdBackupPhase, EtcdBackupSpec, EtcdBackupStatus};
+pub use resource_backup::{ResourceBackup, ResourceBackupPhase, ResourceBackupSpec, ResourceBackupStatus};
+pub use resource_restore::{ResourceRestore, ResourceRestorePhase, ResourceRestoreSpec, ResourceRestoreStatus};
+pub use resource_set::{ResourceSet, ResourceSetSpec};
 pub use shared::{Algorithm, Artifact, ArtifactStatus, Compression, Encryption, SecretKeyRef, StorageRef};
 
 /// The API group of every Stowage kind.
@@ -28,5 +34,12 @@ pub const VERSION: &str = "v1alpha1";
 /// The CustomResourceDefinitions of every kind, for `cargo xtask crds` and the test bed.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![BackupSchedule::crd(), BackupStorage::crd(), EtcdBackup::crd()]
+    vec![
+        BackupSchedule::crd(),
+        BackupStorage::crd(),
+        EtcdBackup::crd(),
+        ResourceSet::crd(),
+        ResourceBackup::crd(),
+        ResourceRestore::crd(),
+    ]
 }
