@@ -1,0 +1,9 @@
+//! Stowage's resource backup controller: the objects a ResourceSet selects, streamed as a
+//! tar of JSON files (some encrypted the way the API server encrypts them at rest) into
+//! stowage-core's data path, and restored from there in dependency order with
+//! ownerReferences re-linked to the new owners.
+
+pub mod error;
+pub mod selector;
+
+pub use error::{Error, Result};

@@ -1,0 +1,334 @@
+//! Which objects a ResourceSet selects: its selectors compiled once (regexes checked up
+//! front, so an invalid one is an InvalidSpec before anything is listed), then matched
+//! against resource types and objects. Pure logic, tested from YAML fixtures.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use stowage_api::resource_set::{ResourceSelector, ResourceSetSpec};
+
+use crate::error::{Error, Result};
+
+/// A resource type as discovery reports it, at its preferred version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceType {
+    /// API group, "" for the core group.
+    #[serde(default)]
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// Plural resource name, e.g. `deployments`.
+    pub plural: String,
+    pub namespaced: bool,
+}
+
+impl ResourceType {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `Deployment.apps`, or `ConfigMap` for the core group: how people name a kind.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    /// True when `name` (a kind, a plural, or either qualified with the group) names this type.
+    pub fn is_named(&self, name: &str) -> bool {
+        let (base, group) = match name.split_once('.') {
+            Some((base, group)) => (base, Some(group)),
+            None => (name, None),
+        };
+        let base_matches = base.eq_ignore_ascii_case(&self.kind) || base.eq_ignore_ascii_case(&self.plural);
+        base_matches && group.is_none_or(|group| group.eq_ignore_ascii_case(&self.group))
+    }
+}
+
+/// The parts of an object a selector looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Kinds never backed up: they describe the past, not the desired state.
+const NEVER: &[(&str, &str)] = &[("", "events"), ("events.k8s.io", "events")];
+
+/// A ResourceSet's selectors, compiled.
+#[derive(Debug)]
+pub struct Selection {
+    selectors: Vec<Compiled>,
+}
+
+#[derive(Debug)]
+struct Compiled {
+    group: Option<String>,
+    kinds: Vec<String>,
+    kinds_regexp: Option<Regex>,
+    names: Vec<String>,
+    name_regexp: Option<Regex>,
+    namespaces: Vec<String>,
+    namespace_regexp: Option<Regex>,
+    labels: Option<LabelSelector>,
+    exclude_kinds: Vec<String>,
+    exclude_name_regexp: Option<Regex>,
+}
+
+impl Selection {
+    /// Compiles every selector of `spec`; an invalid regex or label selector names its field.
+    pub fn new(spec: &ResourceSetSpec) -> Result<Selection> {
+        let selectors = spec
+            .resource_selectors
+            .iter()
+            .enumerate()
+            .map(|(index, selector)| Compiled::new(index, selector))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Selection { selectors })
+    }
+
+    /// True when some object of `resource` may be selected: worth listing.
+    pub fn wants(&self, resource: &ResourceType) -> bool {
+        !NEVER.contains(&(resource.group.as_str(), resource.plural.as_str()))
+            && self.selectors.iter().any(|s| s.wants(resource))
+    }
+
+    /// True when `object` of `resource` is selected.
+    pub fn matches(&self, resource: &ResourceType, object: &ObjectInfo) -> bool {
+        self.wants(resource)
+            && self
+                .selectors
+                .iter()
+                .any(|s| s.wants(resource) && s.matches(resource, object))
+    }
+}
+
+impl Compiled {
+    fn new(index: usize, selector: &ResourceSelector) -> Result<Compiled> {
+        let field = |name: &str| format!("spec.resourceSelectors[{index}].{name}");
+        let regex = |name: &str, source: &Option<String>| -> Result<Option<Regex>> {
+            source
+                .as_deref()
+                .map(|source| {
+                    Regex::new(source).map_err(|e| {
+                        Error::invalid(field(name), format!("{source:?} is not a regular expression: {e}"))
+                    })
+                })
+                .transpose()
+        };
+        let group = match selector.api_version.as_deref() {
+            None | Some("") => None,
+            Some(api_version) => match api_version.split('/').collect::<Vec<_>>()[..] {
+                [_version] => Some(String::new()),
+                [group, _version] if !group.is_empty() => Some(group.to_string()),
+                _ => {
+                    return Err(Error::invalid(
+                        field("apiVersion"),
+                        format!("{api_version:?} is not `v1` or `<group>/<version>`"),
+                    ));
+                }
+            },
+        };
+        if let Some(labels) = &selector.label_selectors {
+            check_label_selector(labels).map_err(|reason| Error::invalid(field("labelSelectors"), reason))?;
+        }
+        Ok(Compiled {
+            group,
+            kinds: selector.kinds.clone(),
+            kinds_regexp: regex("kindsRegexp", &selector.kinds_regexp)?,
+            names: selector.resource_names.clone(),
+            name_regexp: regex("resourceNameRegexp", &selector.resource_name_regexp)?,
+            namespaces: selector.namespaces.clone(),
+            namespace_regexp: regex("namespaceRegexp", &selector.namespace_regexp)?,
+            labels: selector.label_selectors.clone(),
+            exclude_kinds: selector.exclude_kinds.clone(),
+            exclude_name_regexp: regex("excludeResourceNameRegexp", &selector.exclude_resource_name_regexp)?,
+        })
+    }
+
+    fn by_namespace(&self) -> bool {
+        !self.namespaces.is_empty() || self.namespace_regexp.is_some()
+    }
+
+    fn namespace_selected(&self, namespace: &str) -> bool {
+        self.namespaces.iter().any(|n| n == namespace)
+            || self.namespace_regexp.as_ref().is_some_and(|r| r.is_match(namespace))
+    }
+
+    fn is_namespace_kind(resource: &ResourceType) -> bool {
+        resource.group.is_empty() && resource.plural == "namespaces"
+    }
+
+    fn wants(&self, resource: &ResourceType) -> bool {
+        if self.group.as_ref().is_some_and(|group| *group != resource.group) {
+            return false;
+        }
+        if !self.kinds.is_empty() && !self.kinds.iter().any(|k| resource.is_named(k)) {
+            return false;
+        }
+        if self.kinds_regexp.as_ref().is_some_and(|r| !r.is_match(&resource.kind)) {
+            return false;
+        }
+        if self.exclude_kinds.iter().any(|k| resource.is_named(k)) {
+            return false;
+        }
+        // Selecting by namespace takes namespaced objects and the Namespaces themselves.
+        !self.by_namespace() || resource.namespaced || Self::is_namespace_kind(resource)
+    }
+
+    fn matches(&self, resource: &ResourceType, object: &ObjectInfo) -> bool {
+        if !self.names.is_empty() && !self.names.contains(&object.name) {
+            return false;
+        }
+        if self.name_regexp.as_ref().is_some_and(|r| !r.is_match(&object.name)) {
+            return false;
+        }
+        if self
+            .exclude_name_regexp
+            .as_ref()
+            .is_some_and(|r| r.is_match(&object.name))
+        {
+            return false;
+        }
+        if self.by_namespace() {
+            let namespace = if Self::is_namespace_kind(resource) {
+                Some(object.name.as_str())
+            } else {
+                object.namespace.as_deref()
+            };
+            if !namespace.is_some_and(|ns| self.namespace_selected(ns)) {
+                return false;
+            }
+        }
+        self.labels
+            .as_ref()
+            .is_none_or(|labels| label_selector_matches(labels, &object.labels))
+    }
+}
+
+/// Checks a label selector's operators and values the way the API server does.
+pub fn check_label_selector(selector: &LabelSelector) -> Result<(), String> {
+    for requirement in selector.match_expressions.iter().flatten() {
+        let values = requirement.values.as_deref().unwrap_or_default();
+        match requirement.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!(
+                    "operator {} on {:?} needs values",
+                    requirement.operator, requirement.key
+                ));
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "operator {} on {:?} takes no values",
+                    requirement.operator, requirement.key
+                ));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => {
+                return Err(format!(
+                    "unknown operator {other:?}: expected In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when `labels` satisfy `selector` (an empty selector matches everything).
+pub fn label_selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key) == Some(value));
+    by_label
+        && selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|r| requirement_matches(r, labels))
+}
+
+fn requirement_matches(requirement: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+    let value = labels.get(&requirement.key);
+    let values = requirement.values.as_deref().unwrap_or_default();
+    match requirement.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// One fixture case: a ResourceSet, and objects it must or must not select.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Case {
+        name: String,
+        resource_set: ResourceSetSpec,
+        #[serde(default)]
+        selected: Vec<Probe>,
+        #[serde(default)]
+        not_selected: Vec<Probe>,
+        #[serde(default)]
+        invalid: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct Probe {
+        resource: ResourceType,
+        object: ObjectInfo,
+    }
+
+    #[test]
+    fn selector_fixtures() {
+        let cases: Vec<Case> = serde_yaml::from_str(include_str!("../fixtures/selectors.yaml")).unwrap();
+        assert!(cases.len() >= 8);
+        for case in cases {
+            let selection = Selection::new(&case.resource_set);
+            if let Some(expected) = case.invalid {
+                let error = selection.expect_err(&case.name).to_string();
+                assert!(error.contains(&expected), "{}: {error}", case.name);
+                continue;
+            }
+            let selection = selection.unwrap();
+            for probe in &case.selected {
+                assert!(
+                    selection.matches(&probe.resource, &probe.object),
+                    "{}: {} {:?} should be selected",
+                    case.name,
+                    probe.resource.kind,
+                    probe.object
+                );
+            }
+            for probe in &case.not_selected {
+                assert!(
+                    !selection.matches(&probe.resource, &probe.object),
+                    "{}: {} {:?} should not be selected",
+                    case.name,
+                    probe.resource.kind,
+                    probe.object
+                );
+            }
+        }
+    }
+}
