@@ -53,7 +53,9 @@ pub struct ArtifactStatus {
     /// Name of the BackupStorage holding the artifact.
     pub storage: String,
     /// Stored size for people, e.g. "1.5 GiB".
-    #[serde(default)]
+    // No schema default: the 1.20 apiserver reads an empty-string default as null and
+    // refuses the CRD, so an absent size is simply skipped.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub size: String,
     /// The artifact itself.
     #[serde(flatten)]
