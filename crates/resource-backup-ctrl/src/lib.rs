@@ -3,6 +3,7 @@
 //! stowage-core's data path, and restored from there in dependency order with
 //! ownerReferences re-linked to the new owners.
 
+pub mod encryption;
 pub mod error;
 pub mod selector;
 
