@@ -129,12 +129,29 @@ pub struct EtcdBackupStatus {
     /// The etcd server version of that member, e.g. `3.5.16`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_version: Option<String>,
+    /// Bytes streamed so far by the running backup (updated every 10 seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<EtcdBackupProgress>,
+    /// Failed attempts so far. Transient failures (etcd or storage unreachable, a missing
+    /// Secret) are retried with growing delays; after 5 the backup fails for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
     /// When the backup started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     /// When the backup succeeded or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+}
+
+/// How far a running backup got.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdBackupProgress {
+    /// Snapshot bytes read from etcd.
+    pub plaintext_bytes: u64,
+    /// Bytes written to storage (compressed and encrypted).
+    pub stored_bytes: u64,
 }
 
 impl EtcdBackupSpec {
