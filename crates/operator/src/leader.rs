@@ -175,6 +175,14 @@ async fn renew(election: LeaderElection, leases: Api<Lease>, lost: CancellationT
     }
 }
 
+/// Dropping leadership without `release` (the runner's task was cancelled) stops renewing,
+/// exactly like a killed process: the Lease then expires and a standby takes over.
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
 impl Leadership {
     /// Cancelled when leadership is lost.
     pub fn lost(&self) -> CancellationToken {
@@ -182,9 +190,9 @@ impl Leadership {
     }
 
     /// Stops renewing and releases the Lease so a standby can take over at once.
-    pub async fn release(self) {
+    pub async fn release(mut self) {
         self.stop_renewing.cancel();
-        let _ = self.renewer.await;
+        let _ = (&mut self.renewer).await;
         if self.lost.is_cancelled() {
             return;
         }

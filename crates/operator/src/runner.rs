@@ -108,7 +108,11 @@ where
         .await
         .with_context(|| format!("binding the admin server to {}", args.admin_address))?;
     tracing::info!(address = %listener.local_addr()?, "admin server listening");
-    let admin = tokio::spawn(admin::serve(listener, state.clone(), shutdown.child_token()));
+    let admin = AbortOnDrop(tokio::spawn(admin::serve(
+        listener,
+        state.clone(),
+        shutdown.child_token(),
+    )));
 
     client
         .apiserver_version()
@@ -143,7 +147,6 @@ where
         match election.acquire(&client, &shutdown).await? {
             Some(leadership) => Some(leadership),
             None => {
-                admin.abort();
                 return Ok(());
             }
         }
@@ -152,22 +155,21 @@ where
     };
     metrics.leader.set(1);
     let lost = leadership.as_ref().map(|l| l.lost()).unwrap_or_default();
-    let watchdog = {
+    let _watchdog = {
         let (lost, controllers) = (lost.clone(), controllers.clone());
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             lost.cancelled().await;
             controllers.cancel();
-        })
+        }))
     };
 
     tracing::info!("{controller} started");
     let outcome = start(ctx).await;
-    watchdog.abort();
     metrics.leader.set(0);
     if let Some(leadership) = leadership {
         leadership.release().await;
     }
-    admin.abort();
+    drop(admin);
     outcome?;
     if lost.is_cancelled() {
         anyhow::bail!("lost leadership: exiting so this replica restarts as a standby");
@@ -211,4 +213,14 @@ fn rand_suffix() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     nanos ^ std::process::id().rotate_left(16)
+}
+
+/// A background task that ends with its owner: when `run` is cancelled (a test killing a
+/// replica, or a caller dropping it), nothing it started keeps running.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

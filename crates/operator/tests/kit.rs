@@ -1,0 +1,270 @@
+#![allow(clippy::unwrap_used)]
+//! The controller kit against the real test bed: BackupStorage resolution (missing
+//! storage, Secret or key, allowedNamespaces, a real S3 server), Events, the error policy
+//! in a running controller, and status conditions written through the status subresource.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::watcher;
+use serde_json::json;
+use stowage_api::BackupStorage;
+use stowage_core::BackupRequest;
+use stowage_core::testing::S3Server;
+use stowage_e2e::{bed, wait_for};
+use stowage_operator::{Context, Error, Metrics, resolve_storage};
+use tokio_util::sync::CancellationToken;
+
+fn context(client: &kube::Client, namespace: &str) -> Context {
+    Context::new(
+        client.clone(),
+        "kit-test",
+        namespace,
+        None,
+        Arc::new(Metrics::new().unwrap()),
+    )
+}
+
+async fn install_crds(client: &kube::Client) {
+    stowage_e2e::crds::apply_crds(client, &stowage_api::crds())
+        .await
+        .unwrap();
+}
+
+async fn create_storage(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    let storages: Api<BackupStorage> = Api::all(client.clone());
+    let storage: BackupStorage = serde_json::from_value(json!({
+        "apiVersion": "stowage.io/v1alpha1", "kind": "BackupStorage",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    let _ = storages.delete(name, &Default::default()).await;
+    wait_for(&format!("BackupStorage {name} to be gone"), || async {
+        Ok(storages.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    storages.create(&PostParams::default(), &storage).await.unwrap();
+}
+
+#[tokio::test]
+async fn backup_storage_resolution_reports_each_mistake_and_reaches_real_s3() {
+    let bed = bed().await.unwrap();
+    install_crds(&bed.client()).await;
+    let s3 = S3Server::start("kit").await.unwrap();
+    bed.with_namespace("kit-storage", |client, namespace| async move {
+        let ctx = context(&client, &namespace);
+        let name = format!("{namespace}-s3");
+
+        let missing = resolve_storage(&ctx, &name, Some(&namespace)).await.unwrap_err();
+        assert_eq!(missing.reason(), "StorageNotFound");
+        assert!(
+            !missing.awaits_change(),
+            "a missing storage may be created later: retried"
+        );
+        assert!(
+            missing
+                .to_string()
+                .contains(&format!("BackupStorage '{name}' not found")),
+            "{missing}"
+        );
+
+        let spec = s3.spec();
+        create_storage(
+            &client,
+            &name,
+            json!({
+                "type": "S3",
+                "s3": spec.s3,
+                "prefix": "kit",
+                "credentialsSecretRef": {"namespace": namespace, "name": "s3-credentials"},
+                "allowedNamespaces": [namespace],
+            }),
+        )
+        .await;
+
+        let forbidden = resolve_storage(&ctx, &name, Some("someone-else")).await.unwrap_err();
+        assert_eq!(forbidden.reason(), "Forbidden");
+        assert!(forbidden.awaits_change());
+        assert!(
+            forbidden
+                .to_string()
+                .contains("does not allow namespace 'someone-else'"),
+            "{forbidden}"
+        );
+
+        let no_secret = resolve_storage(&ctx, &name, Some(&namespace)).await.unwrap_err();
+        assert_eq!(no_secret.reason(), "SecretNotFound", "{no_secret}");
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let credentials = s3.credentials();
+        let wrong: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s3-credentials"},
+            "stringData": {"unrelated": "x"},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &wrong).await.unwrap();
+        let no_key = resolve_storage(&ctx, &name, Some(&namespace)).await.unwrap_err();
+        assert_eq!(no_key.reason(), "SecretKeyMissing", "{no_key}");
+
+        secrets.delete("s3-credentials", &Default::default()).await.unwrap();
+        let right: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s3-credentials"},
+            "stringData": {
+                "accessKeyId": credentials.access_key_id,
+                "secretAccessKey": credentials.secret_access_key,
+            },
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &right).await.unwrap();
+        let storage = resolve_storage(&ctx, &name, Some(&namespace)).await.unwrap();
+        assert!(!format!("{storage:?}").contains(credentials.secret_access_key.as_deref().unwrap()));
+
+        // The resolved store is the real S3 server: a backup lands under the namespace's scope.
+        let vars = stowage_core::template::TemplateVars {
+            now: chrono::Utc::now(),
+            name: "db".into(),
+            namespace: namespace.clone(),
+            kind: "ExecBackup".into(),
+            schedule_name: String::new(),
+        };
+        let key = storage.key_for(&vars, Some("{{ .Name }}/dump.sql"), "gz").unwrap();
+        assert_eq!(key, format!("kit/execbackup/{namespace}/db/dump.sql.gz"));
+        let request = BackupRequest::new(storage.store.clone(), key.clone(), "ExecBackup", "test");
+        let artifact = stowage_core::backup(request, &b"select 1;\n"[..]).await.unwrap();
+        assert_eq!(artifact.plaintext_bytes, 10);
+        let manifest = stowage_core::read_manifest(s3.store().as_ref(), &key).await.unwrap();
+        assert_eq!(manifest.artifact.stored_sha256, artifact.stored_sha256);
+        storage.check_readable("ExecBackup", Some(&namespace), &key).unwrap();
+        let escape = storage.check_readable("ExecBackup", Some("other"), &key).unwrap_err();
+        assert_eq!(escape.reason(), "Forbidden");
+
+        let bad_template = storage.key_for(&vars, Some("../../etc/passwd"), "gz").unwrap_err();
+        assert_eq!(bad_template.reason(), "InvalidSpec");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn events_carry_stable_reasons_and_are_counted() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("kit-events", |client, namespace| async move {
+        let ctx = context(&client, &namespace);
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "subject"}})).unwrap();
+        let map = maps.create(&PostParams::default(), &map).await.unwrap();
+        ctx.warning(&map, "StorageUnavailable", "storage 'minio' did not answer: will retry")
+            .await;
+        ctx.normal(&map, "BackupSucceeded", "stored 1.5 KiB").await;
+        let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+        let seen = wait_for("both Events to be listed", || async {
+            let list = events.list(&ListParams::default()).await?;
+            let reasons: Vec<(String, String)> = list
+                .items
+                .iter()
+                .filter(|event| event.involved_object.name.as_deref() == Some("subject"))
+                .map(|event| {
+                    (
+                        event.type_.clone().unwrap_or_default(),
+                        event.reason.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            Ok((reasons.len() >= 2).then_some(reasons))
+        })
+        .await?;
+        assert!(
+            seen.contains(&("Warning".into(), "StorageUnavailable".into())),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&("Normal".into(), "BackupSucceeded".into())), "{seen:?}");
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics.contains(r#"stowage_events_total{kind="ConfigMap",reason="StorageUnavailable",type="Warning"} 1"#),
+            "{metrics}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// A controller whose reconcile fails transiently three times and then succeeds, and one
+/// whose spec is invalid: the first is retried until it succeeds, the second is not retried.
+#[tokio::test]
+async fn the_error_policy_retries_transient_failures_and_waits_on_invalid_specs() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("kit-policy", |client, namespace| async move {
+        let ctx = Arc::new(context(&client, &namespace));
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        for name in ["flaky", "invalid"] {
+            let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+            maps.create(&PostParams::default(), &map).await.unwrap();
+        }
+        let flaky = Arc::new(AtomicU32::new(0));
+        let invalid = Arc::new(AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let controller = Controller::new(maps.clone(), watcher::Config::default());
+        let running = tokio::spawn(stowage_operator::run_controller(
+            controller,
+            ctx.clone(),
+            shutdown.clone(),
+            {
+                let (flaky, invalid) = (flaky.clone(), invalid.clone());
+                move |map: Arc<ConfigMap>, _ctx: Arc<Context>| {
+                    let (flaky, invalid) = (flaky.clone(), invalid.clone());
+                    async move {
+                        match map.metadata.name.as_deref() {
+                            Some("flaky") if flaky.fetch_add(1, Ordering::SeqCst) < 3 => {
+                                Err(Error::transient("StorageUnavailable", "not yet"))
+                            }
+                            Some("invalid") => {
+                                invalid.fetch_add(1, Ordering::SeqCst);
+                                Err(Error::InvalidSpec("spec.schedule: not a cron expression".into()))
+                            }
+                            _ => Ok(Action::await_change()),
+                        }
+                    }
+                }
+            },
+        ));
+        wait_for("the flaky object to succeed after three retries", || async {
+            Ok((flaky.load(Ordering::SeqCst) >= 4).then_some(()))
+        })
+        .await?;
+        assert_eq!(
+            invalid.load(Ordering::SeqCst),
+            1,
+            "an invalid spec is not retried until it changes"
+        );
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics.contains(r#"stowage_reconciles_total{kind="ConfigMap",result="StorageUnavailable"} 3"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"stowage_reconciles_total{kind="ConfigMap",result="InvalidSpec"} 1"#),
+            "{metrics}"
+        );
+
+        // Changing the invalid object triggers exactly the reconcile the user expects.
+        let mut map = maps.get("invalid").await?;
+        map.data = Some([("fixed".to_string(), "yes".to_string())].into());
+        maps.replace("invalid", &PostParams::default(), &map).await?;
+        wait_for("the changed object to be reconciled again", || async {
+            Ok((invalid.load(Ordering::SeqCst) >= 2).then_some(()))
+        })
+        .await?;
+        shutdown.cancel();
+        running.await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
