@@ -10,6 +10,8 @@
 pub mod backup_schedule;
 pub mod backup_storage;
 pub mod etcd_backup;
+pub mod exec_backup;
+pub mod exec_restore;
 pub mod resource_backup;
 pub mod resource_restore;
 pub mod resource_set;
@@ -21,10 +23,16 @@ pub use backup_schedule::{
 };
 pub use backup_storage::{BackupStorage, BackupStorageSpec, BackupStorageStatus, NamespacedSecretRef};
 pub use etcd_backup::{EtcdBackup, EtcdBackupPhase, EtcdBackupSpec, EtcdBackupStatus};
+pub use exec_backup::{
+    ExecBackup, ExecBackupSpec, ExecCommand, ExecPhase, ExecRunStatus, PodTemplate, PodTemplateMetadata,
+};
+pub use exec_restore::{BackupRef, ExecRestore, ExecRestoreSpec};
 pub use resource_backup::{ResourceBackup, ResourceBackupPhase, ResourceBackupSpec, ResourceBackupStatus};
 pub use resource_restore::{ResourceRestore, ResourceRestorePhase, ResourceRestoreSpec, ResourceRestoreStatus};
 pub use resource_set::{ResourceSet, ResourceSetSpec};
-pub use shared::{Algorithm, Artifact, ArtifactStatus, Compression, Encryption, SecretKeyRef, StorageRef};
+pub use shared::{
+    Algorithm, Artifact, ArtifactStatus, Compression, Encryption, RetainPolicy, SecretKeyRef, StorageRef,
+};
 
 /// The API group of every Stowage kind.
 pub const GROUP: &str = "stowage.io";
@@ -38,6 +46,8 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         BackupSchedule::crd(),
         BackupStorage::crd(),
         EtcdBackup::crd(),
+        ExecBackup::crd(),
+        ExecRestore::crd(),
         ResourceSet::crd(),
         ResourceBackup::crd(),
         ResourceRestore::crd(),

@@ -46,6 +46,25 @@ pub struct Encryption {
     pub decryption_key: Option<SecretKeyRef>,
 }
 
+/// Schema of a free-form object whose fields the API server keeps; the controller parses
+/// and validates it (used for Pod specs and for run specs of other kinds).
+pub fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// What happens to a backup's data in storage when its object is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RetainPolicy {
+    /// Keep the data in storage (the default).
+    #[default]
+    Retain,
+    /// Delete the data from storage first, then the object.
+    Delete,
+}
+
 /// The artifact of a backup, as shown in status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
