@@ -3,8 +3,11 @@
 //! stowage-core's data path, and restored from there in dependency order with
 //! ownerReferences re-linked to the new owners.
 
+pub mod archive;
+pub mod backup;
 pub mod encryption;
 pub mod error;
+pub mod plan;
 pub mod selector;
 
 pub use error::{Error, Result};
