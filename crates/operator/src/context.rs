@@ -29,6 +29,9 @@ pub struct Context {
     pub namespace: String,
     /// Shared metrics; controllers may register more in `metrics.registry`.
     pub metrics: Arc<Metrics>,
+    /// Only watch namespaced kinds in this namespace (None: every namespace). Lets a team run
+    /// its own controller for its namespace, and tests run controllers side by side.
+    pub watch_namespace: Option<String>,
     /// Cancelled when the controller must stop (SIGTERM, lost leadership). Long runs watch it
     /// to abort their uploads cleanly and record why, rather than be killed mid-write.
     pub shutdown: CancellationToken,
@@ -63,6 +66,7 @@ impl Context {
             controller: controller.to_string(),
             namespace: namespace.to_string(),
             metrics,
+            watch_namespace: None,
             shutdown: CancellationToken::new(),
             clock: Arc::new(Utc::now),
             failures: Mutex::new(HashMap::new()),
@@ -73,6 +77,23 @@ impl Context {
     pub fn with_clock(mut self, clock: Clock) -> Context {
         self.clock = clock;
         self
+    }
+
+    /// The same context watching only `namespace`.
+    pub fn watching(mut self, namespace: Option<String>) -> Context {
+        self.watch_namespace = namespace;
+        self
+    }
+
+    /// The Api a controller of namespaced kind `K` watches: one namespace or all.
+    pub fn watched<K>(&self) -> kube::Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match &self.watch_namespace {
+            Some(namespace) => kube::Api::namespaced(self.client.clone(), namespace),
+            None => kube::Api::all(self.client.clone()),
+        }
     }
 
     /// The current time, from the context's clock.

@@ -35,6 +35,9 @@ pub struct Args {
     /// Namespace the controller runs in: its Lease and the Secrets of cluster-scoped kinds live here.
     #[arg(long, env = "STOWAGE_NAMESPACE", default_value = "stowage-system")]
     pub namespace: String,
+    /// Watch namespaced kinds in this namespace only (default: every namespace).
+    #[arg(long, env = "STOWAGE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// Address of the admin server (/metrics, /healthz, /readyz).
     #[arg(long, env = "STOWAGE_ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
     pub admin_address: SocketAddr,

@@ -22,6 +22,7 @@ fn args(namespace: &str, kubeconfig: &std::path::Path, port: u16, pod: &str) -> 
         lease_duration_seconds: 3,
         pod_name: Some(pod.to_string()),
         kubeconfig: Some(kubeconfig.to_path_buf()),
+        watch_namespace: None,
     }
 }
 

@@ -1,0 +1,30 @@
+//! The exec backup controller: an ExecBackup runs a dump command in a Pod made from its
+//! template and streams the command's stdout through stowage-core (compress, encrypt, hash,
+//! upload, manifest last); an ExecRestore streams a stored backup, verified, into a restore
+//! command's stdin. Runs are one-shot, like Jobs: a failed run stays Failed with its reason,
+//! and a BackupSchedule creates the next one.
+
+mod backup;
+mod restore;
+mod run;
+
+use std::sync::Arc;
+
+use kube::runtime::{Controller, watcher};
+use stowage_api::{ExecBackup, ExecRestore};
+use stowage_operator::{Context, run_controller};
+
+pub use run::{FINALIZER, RUN_LABEL};
+
+/// Runs both controllers until `ctx.shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
+    // A run is one long reconcile that watches its own Pod, so the controllers need no
+    // watch on Pods: kube never reconciles the same object twice at once.
+    let backups = Controller::new(ctx.watched::<ExecBackup>(), watcher::Config::default());
+    let restores = Controller::new(ctx.watched::<ExecRestore>(), watcher::Config::default());
+    tokio::join!(
+        run_controller(backups, ctx.clone(), ctx.shutdown.clone(), backup::reconcile),
+        run_controller(restores, ctx.clone(), ctx.shutdown.clone(), restore::reconcile),
+    );
+    Ok(())
+}

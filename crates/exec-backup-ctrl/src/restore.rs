@@ -1,0 +1,313 @@
+//! ExecRestore: find the artifact (an ExecBackup's, or a path in a storage), check its
+//! manifest, and stream it, verified, into the restore command's stdin in a Pod.
+//!
+//! The data path releases bytes only after they are authenticated (age) and gives the command
+//! end-of-input only after every check passed. When a check fails mid-stream, the command is
+//! killed with its Pod before its stdin closes, so it never sees a clean end of a bad input.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::Action;
+use stowage_api::{
+    ArtifactStatus, ExecBackup, ExecCommand, ExecPhase, ExecRestore, ExecRunStatus, PodTemplate, SecretKeyRef,
+};
+use stowage_core::{Identities, Progress, RestoreRequest};
+use stowage_operator::podexec::{ExecPod, ExecPodParams, reason};
+use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, secrets, status};
+use tokio::time::Instant;
+
+use crate::run::{self, AbortOnDrop};
+
+const KIND: &str = "ExecRestore";
+/// How often a restore waiting for its backup to finish looks again.
+const BACKUP_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Everything a restore run needs, checked before its Pod is created.
+struct Plan {
+    storage: ResolvedStorage,
+    path: String,
+    identities: Arc<Identities>,
+    container: String,
+    argv: Vec<String>,
+    deadline: std::time::Duration,
+    pod: ExecPodParams,
+}
+
+/// The restore's source, command and Pod, from the spec and the ExecBackup it names.
+struct Source {
+    storage: String,
+    path: String,
+    command: ExecCommand,
+    template: PodTemplate,
+    decryption_key: Option<SecretKeyRef>,
+}
+
+pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let api: Api<ExecRestore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut state = restore.status.clone().unwrap_or_default();
+    let generation = restore.metadata.generation;
+    let name = restore.name_any();
+    match state.phase {
+        ExecPhase::Succeeded | ExecPhase::Failed => return Ok(Action::await_change()),
+        ExecPhase::Running => {
+            // The controller restarted mid-stream: the command got part of the data, and
+            // only its owner can judge what that did. Fail loudly rather than feed it twice.
+            if let Some(pod) = &state.pod_name {
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+                let _ = pods.delete(pod, &DeleteParams::default()).await;
+            }
+            let error = Error::permanent(
+                "Interrupted",
+                "the controller restarted while the restore command was reading its input; it may have applied part of the backup: check the target, then create a new ExecRestore",
+            );
+            return fail(&restore, &api, state, error, None, &ctx).await;
+        }
+        ExecPhase::Pending => {}
+    }
+    let plan = match prepare(&restore, &ctx).await {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return Ok(Action::requeue(BACKUP_POLL)),
+        Err(error) if error.awaits_change() => return fail(&restore, &api, state, error, None, &ctx).await,
+        Err(error) => {
+            run::waiting(&mut state, &error, generation, &ctx);
+            status::patch(&api, &name, &state).await?;
+            ctx.warning(restore.as_ref(), error.reason(), error.to_string()).await;
+            return Err(error);
+        }
+    };
+    // Check the manifest before starting a Pod: a missing or incomplete artifact fails here.
+    let manifest = match stowage_core::read_manifest(plan.storage.store.as_ref(), &plan.path).await {
+        Ok(manifest) => manifest,
+        Err(error) => return fail(&restore, &api, state, error.into(), None, &ctx).await,
+    };
+    if manifest.artifact.encrypted() && plan.identities.is_empty() {
+        let error = Error::InvalidSpec(format!(
+            "{} is encrypted to {}: set spec.decryptionKey (or the ExecBackup's spec.encryption.decryptionKey) to a Secret key holding one of their private keys",
+            plan.path,
+            manifest.artifact.recipients.join(", ")
+        ));
+        return fail(&restore, &api, state, error, None, &ctx).await;
+    }
+
+    run::started(&mut state, &plan.pod.name, generation, &ctx);
+    state.artifact = Some(ArtifactStatus::new(
+        plan.storage.name.clone(),
+        manifest.artifact.clone(),
+    ));
+    status::patch(&api, &name, &state).await?;
+    ctx.normal(
+        restore.as_ref(),
+        "RestoreStarted",
+        format!("restoring {} in Pod {}", plan.path, plan.pod.name),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let in_progress = ctx.metrics.runs_in_progress.with_label_values(&[KIND, "Restore"]);
+    in_progress.inc();
+    let progress = Progress::default();
+    let _reporter = AbortOnDrop(run::report_progress(
+        api.clone(),
+        name.clone(),
+        progress.plaintext.clone(),
+    ));
+    let outcome = tokio::select! {
+        outcome = execute(&ctx, plan, progress.clone()) => outcome,
+        _ = ctx.shutdown.cancelled() => Err((Error::permanent(
+            "Interrupted",
+            "the controller stopped while the restore command was reading its input; it may have applied part of the backup: check the target, then create a new ExecRestore",
+        ), None)),
+    };
+    in_progress.dec();
+    let seconds = started.elapsed().as_secs_f64();
+    state.bytes_transferred = Some(progress.plaintext.bytes());
+    match outcome {
+        Ok(()) => {
+            ctx.metrics.run_finished(KIND, "Restore", "Succeeded", seconds);
+            let message = format!(
+                "restored {} ({} of plaintext)",
+                manifest.artifact.path,
+                stowage_core::human_bytes(progress.plaintext.bytes())
+            );
+            run::succeeded(&mut state, &message, generation, &ctx);
+            status::patch(&api, &name, &state).await?;
+            ctx.normal(restore.as_ref(), "RestoreSucceeded", message).await;
+            Ok(Action::await_change())
+        }
+        Err((error, stderr_tail)) => {
+            ctx.metrics.run_finished(KIND, "Restore", error.reason(), seconds);
+            fail(&restore, &api, state, error, stderr_tail, &ctx).await
+        }
+    }
+}
+
+async fn fail(
+    restore: &ExecRestore,
+    api: &Api<ExecRestore>,
+    mut state: ExecRunStatus,
+    error: Error,
+    stderr_tail: Option<String>,
+    ctx: &Context,
+) -> Result<Action> {
+    state.stderr_tail = stderr_tail.filter(|tail| !tail.is_empty());
+    run::failed(&mut state, &error, restore.metadata.generation, ctx);
+    status::patch(api, &restore.name_any(), &state).await?;
+    ctx.warning(restore, "RestoreFailed", format!("{}: {error}", error.reason()))
+        .await;
+    Ok(Action::await_change())
+}
+
+/// The plan, or None while the named ExecBackup has not finished.
+async fn prepare(restore: &ExecRestore, ctx: &Context) -> Result<Option<Plan>> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let Some(source) = source(restore, ctx).await? else {
+        return Ok(None);
+    };
+    run::check_command(&source.command, "spec.restore")?;
+    let pod_spec = run::pod_spec(&source.template)?;
+    let container = run::container(&source.command, &pod_spec)?;
+    let storage = resolve_storage(ctx, &source.storage, Some(&namespace)).await?;
+    storage.check_readable("ExecBackup", Some(&namespace), &source.path)?;
+    let mut identities = Identities::none();
+    if let Some(key) = &source.decryption_key {
+        let text = secrets::key(&ctx.client, &namespace, &key.name, &key.key).await?;
+        identities.add(&text)?;
+    }
+    Ok(Some(Plan {
+        storage,
+        path: source.path,
+        identities: Arc::new(identities),
+        container,
+        argv: source.command.argv(),
+        deadline: run::deadline(&source.command),
+        pod: run::pod_params(restore, "restore", &source.template, pod_spec),
+    }))
+}
+
+async fn source(restore: &ExecRestore, ctx: &Context) -> Result<Option<Source>> {
+    let spec = &restore.spec;
+    let namespace = restore.namespace().unwrap_or_default();
+    match (&spec.backup_ref, &spec.storage) {
+        (Some(_), Some(_)) => Err(Error::InvalidSpec("give either spec.backupRef or spec.storage, not both".into())),
+        (None, None) => Err(Error::InvalidSpec(
+            "give spec.backupRef (an ExecBackup in this namespace) or spec.storage (a BackupStorage and the artifact's path)".into(),
+        )),
+        (Some(reference), None) => {
+            let backups: Api<ExecBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+            let backup = backups.get_opt(&reference.name).await?.ok_or_else(|| Error::MissingReference {
+                reason: "BackupNotFound",
+                message: format!("ExecBackup '{}' not found in namespace '{namespace}'", reference.name),
+            })?;
+            let state = backup.status.clone().unwrap_or_default();
+            let artifact = match (state.phase, state.artifact) {
+                (ExecPhase::Succeeded, Some(artifact)) => artifact,
+                (ExecPhase::Failed, _) => {
+                    return Err(Error::permanent(
+                        "BackupFailed",
+                        format!("ExecBackup '{}' failed: there is nothing to restore", reference.name),
+                    ));
+                }
+                _ => return Ok(None),
+            };
+            let command = spec.restore.clone().or(backup.spec.restore.clone()).ok_or_else(|| {
+                Error::InvalidSpec(format!(
+                    "neither this ExecRestore nor ExecBackup '{}' gives a restore command: set spec.restore",
+                    reference.name
+                ))
+            })?;
+            Ok(Some(Source {
+                storage: artifact.storage,
+                path: artifact.artifact.path,
+                command,
+                template: spec.template.clone().unwrap_or(backup.spec.template),
+                decryption_key: spec
+                    .decryption_key
+                    .clone()
+                    .or(backup.spec.encryption.and_then(|e| e.decryption_key)),
+            }))
+        }
+        (None, Some(storage)) => {
+            let path = storage.path.clone().filter(|p| !p.is_empty()).ok_or_else(|| {
+                Error::InvalidSpec("spec.storage.path is required: the key of the artifact to restore".into())
+            })?;
+            let command = spec
+                .restore
+                .clone()
+                .ok_or_else(|| Error::InvalidSpec("spec.restore is required with spec.storage".into()))?;
+            let template = spec
+                .template
+                .clone()
+                .ok_or_else(|| Error::InvalidSpec("spec.template is required with spec.storage".into()))?;
+            Ok(Some(Source {
+                storage: storage.name.clone(),
+                path,
+                command,
+                template,
+                decryption_key: spec.decryption_key.clone(),
+            }))
+        }
+    }
+}
+
+/// Streams the artifact into the command's stdin. Returns the error and the command's
+/// stderr tail on failure.
+async fn execute(ctx: &Context, plan: Plan, progress: Progress) -> Result<(), (Error, Option<String>)> {
+    let mut request = RestoreRequest::new(plan.storage.store.clone(), plan.path.clone());
+    request.identities = plan.identities.clone();
+    request.progress = progress;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &plan.pod.namespace);
+    let (container, argv, deadline, pod_name) = (plan.container, plan.argv, plan.deadline, plan.pod.name.clone());
+    let result = ExecPod::run(&ctx.client, &plan.pod, |pod| async move {
+        pod.wait_running(&container, run::POD_START_TIMEOUT).await?;
+        let mut stdin = pod.exec_stdin(&container, argv, Instant::now() + deadline).await?;
+        match stowage_core::restore(request, &mut stdin).await {
+            Ok(_) => {
+                let outcome = stdin.finish().await?;
+                let tail = outcome.stderr_tail.clone();
+                outcome
+                    .check("the restore command")
+                    .map_err(|error| Wrapped(error, Some(tail)))
+            }
+            Err(data_error) => {
+                // Kill the command before its stdin closes: it must not take a cut-off input
+                // for a complete one.
+                let _ = pods
+                    .delete(
+                        &pod_name,
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..DeleteParams::default()
+                        },
+                    )
+                    .await;
+                let finished = stdin.finish().await;
+                match finished {
+                    Err(error) if error.reason() == reason::DEADLINE_EXCEEDED => Err(Wrapped(error, None)),
+                    Ok(outcome) if data_error.reason() == "SinkFailed" && outcome.exit_code != 0 => {
+                        let tail = outcome.stderr_tail.clone();
+                        Err(Wrapped(
+                            outcome.check("the restore command").err().unwrap_or(data_error.into()),
+                            Some(tail),
+                        ))
+                    }
+                    Ok(outcome) => Err(Wrapped(data_error.into(), Some(outcome.stderr_tail))),
+                    Err(_) => Err(Wrapped(data_error.into(), None)),
+                }
+            }
+        }
+    })
+    .await;
+    result.map_err(|Wrapped(error, tail)| (error, tail))
+}
+
+/// The kit's error with the command's stderr tail, as `ExecPod::run` wants one error type.
+struct Wrapped(Error, Option<String>);
+
+impl From<Error> for Wrapped {
+    fn from(error: Error) -> Self {
+        Wrapped(error, None)
+    }
+}
