@@ -3,6 +3,7 @@ pub mod bed;
 pub mod controlplane;
 pub mod crds;
 pub mod csi;
+pub mod databases;
 pub mod envtest;
 pub mod etcd;
 pub mod namespace;
