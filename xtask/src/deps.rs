@@ -21,6 +21,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/etcd", "etcd-server"),
     ("/usr/bin/etcdctl", "etcd-client"),
     ("/usr/bin/openssl", "openssl"),
+    // The exec backup tests' database servers (stowage_e2e::databases). The postgresql
+    // packages are versionless metapackages: their copyright file proves them installed.
+    ("/usr/sbin/mariadbd", "mariadb-server"),
+    ("/usr/bin/mariadb-dump", "mariadb-client"),
+    ("/usr/share/doc/postgresql/copyright", "postgresql"),
+    ("/usr/share/doc/postgresql-client/copyright", "postgresql-client"),
 ];
 
 /// The workspace root (xtask lives one level below it).
