@@ -31,7 +31,9 @@ pub fn bed_manifest_files() -> anyhow::Result<Vec<PathBuf>> {
         for entry in entries {
             let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
             let is_yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
-            if is_yaml && path.is_file() {
+            // A kustomization lists the manifests; it is not one.
+            let is_kustomization = path.file_name().is_some_and(|name| name == "kustomization.yaml");
+            if is_yaml && !is_kustomization && path.is_file() {
                 files.push(path);
             }
         }

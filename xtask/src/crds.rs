@@ -36,13 +36,14 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     for (name, yaml) in &expected {
         std::fs::write(dir.join(name), yaml).with_context(|| format!("writing deploy/crds/{name}"))?;
     }
-    eprintln!("wrote {} CRDs to {}", expected.len(), dir.display());
+    eprintln!("wrote {} files to {}", expected.len(), dir.display());
     Ok(())
 }
 
-/// File name → YAML for every kind.
+/// File name → YAML for every kind, plus the kustomization listing them all
+/// (so `kubectl apply -k deploy/crds` and the per-controller bases can use it).
 fn generate() -> anyhow::Result<BTreeMap<String, String>> {
-    stowage_api::crds()
+    let mut files = stowage_api::crds()
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().context("a generated CRD has no name")?;
@@ -51,7 +52,13 @@ fn generate() -> anyhow::Result<BTreeMap<String, String>> {
                 format!("{HEADER}{}", serde_yaml::to_string(&crd)?),
             ))
         })
-        .collect()
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    let resources: String = files.keys().map(|name| format!("  - {name}\n")).collect();
+    files.insert(
+        "kustomization.yaml".to_string(),
+        format!("{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{resources}"),
+    );
+    Ok(files)
 }
 
 /// Files that differ from, are missing from, or are not part of the generated set.
