@@ -88,6 +88,23 @@ impl Error {
     }
 }
 
+impl From<Error> for stowage_operator::Error {
+    fn from(error: Error) -> Self {
+        error.into_kit()
+    }
+}
+
+impl Error {
+    /// As the controller kit's error, keeping the reason and whether retrying helps.
+    pub fn into_kit(self) -> stowage_operator::Error {
+        match self {
+            Error::Core(core) if source_error(&core).is_none() => stowage_operator::Error::Core(core),
+            other if other.is_transient() => stowage_operator::Error::transient(other.reason(), other.to_string()),
+            other => stowage_operator::Error::permanent(other.reason(), other.to_string()),
+        }
+    }
+}
+
 /// Our own error inside a core source failure, if that is what it is.
 fn source_error(core: &stowage_core::Error) -> Option<&Error> {
     match core {

@@ -3,13 +3,20 @@
 //!
 //! [`snapshot`] talks to etcd and verifies the snapshot's own checksum as it streams,
 //! [`certs`] archives the certificate directory, [`backup`] runs one backup without
-//! Kubernetes, and the reconciler turns EtcdBackup objects into runs.
+//! Kubernetes, [`inputs`] gathers a run's inputs from an EtcdBackup and its Secret, and the
+//! [`reconcile`]r turns EtcdBackup objects into runs ([`controller`] wires it to the kit).
 
 pub mod backup;
 pub mod certs;
+pub mod controller;
 pub mod error;
+pub mod events;
+pub mod inputs;
+pub mod metrics;
+pub mod reconcile;
 pub mod snapshot;
 
 pub use backup::{BackupOutcome, BackupPlan, EtcdDetails};
+pub use controller::{CONTROLLER, EtcdContext, run, start};
 pub use error::{Error, Result};
 pub use snapshot::{EtcdTarget, MemberStatus, Snapshot, SnapshotReader, TlsPem};
