@@ -168,7 +168,7 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
 
 /// Objects the cluster recreates by itself and a restore must not bring back: ServiceAccount
 /// token Secrets (bound to the old ServiceAccount's UID, the token controller deletes them).
-fn is_generated(resource: &ResourceType, object: &DynamicObject) -> bool {
+pub(crate) fn is_generated(resource: &ResourceType, object: &DynamicObject) -> bool {
     resource.group.is_empty()
         && resource.plural == "secrets"
         && object.data["type"].as_str() == Some("kubernetes.io/service-account-token")

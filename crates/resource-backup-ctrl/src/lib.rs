@@ -8,6 +8,8 @@ pub mod backup;
 pub mod encryption;
 pub mod error;
 pub mod plan;
+pub mod prune;
+pub mod restore;
 pub mod selector;
 
 pub use error::{Error, Result};
