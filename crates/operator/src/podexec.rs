@@ -74,6 +74,8 @@ const LOG_TAIL_LINES: i64 = 10;
 const LOG_TAIL_BYTES: i64 = 2048;
 /// Seconds a deleted Pod's containers get to stop.
 const DELETE_GRACE_SECONDS: u32 = 1;
+/// How long a refused exec looks for the Pod's own explanation.
+const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for a leftover Pod of the same name to go away.
 const REPLACE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -214,21 +216,7 @@ impl PodHandle {
                 match start_state(pod.as_ref(), container) {
                     StartState::Running => return Ok(()),
                     StartState::Waiting(what) => waiting_for = what,
-                    StartState::NoSuchContainer(message) => return Err(Error::InvalidSpec(message)),
-                    StartState::Failed {
-                        reason,
-                        message,
-                        exited,
-                    } => {
-                        let output = match exited {
-                            Some(exited) => self.log_tail(&exited).await,
-                            None => String::new(),
-                        };
-                        return Err(Error::Exec {
-                            reason,
-                            message: format!("Pod {self}: {message}{output}"),
-                        });
-                    }
+                    failed => return Err(self.start_error(failed).await),
                 }
             }
             Err(Error::Exec {
@@ -256,8 +244,11 @@ impl PodHandle {
         S: Into<String>,
     {
         let command = command.into_iter().map(Into::into).collect();
-        let (session, stdout, _) =
-            Session::start(&self.api, &self.name, container, command, Streams::Stdout, deadline).await?;
+        let started = Session::start(&self.api, &self.name, container, command, Streams::Stdout, deadline).await;
+        let (session, stdout, _) = match started {
+            Ok(started) => started,
+            Err(err) => return Err(self.explain_exec_failure(container, err).await),
+        };
         let stdout = stdout.ok_or_else(|| Error::Exec {
             reason: reason::EXEC_FAILED,
             message: format!("the exec in Pod {self} has no stdout"),
@@ -274,13 +265,71 @@ impl PodHandle {
         S: Into<String>,
     {
         let command = command.into_iter().map(Into::into).collect();
-        let (session, _, stdin) =
-            Session::start(&self.api, &self.name, container, command, Streams::Stdin, deadline).await?;
+        let started = Session::start(&self.api, &self.name, container, command, Streams::Stdin, deadline).await;
+        let (session, _, stdin) = match started {
+            Ok(started) => started,
+            Err(err) => return Err(self.explain_exec_failure(container, err).await),
+        };
         let stdin = stdin.ok_or_else(|| Error::Exec {
             reason: reason::EXEC_FAILED,
             message: format!("the exec in Pod {self} has no stdin"),
         })?;
         Ok(ExecStdin::new(session, stdin))
+    }
+
+    /// The error of a Pod that cannot run its container, quoting the output of the container
+    /// that exited, if any.
+    async fn start_error(&self, state: StartState) -> Error {
+        match state {
+            StartState::Failed {
+                reason,
+                message,
+                exited,
+            } => {
+                let output = match exited {
+                    Some(exited) => self.log_tail(&exited).await,
+                    None => String::new(),
+                };
+                Error::Exec {
+                    reason,
+                    message: format!("Pod {self}: {message}{output}"),
+                }
+            }
+            StartState::NoSuchContainer(message) => Error::InvalidSpec(message),
+            StartState::Running | StartState::Waiting(_) => Error::Exec {
+                reason: reason::POD_FAILED,
+                message: format!("Pod {self} cannot run the command"),
+            },
+        }
+    }
+
+    /// An exec refused because the container just stopped is better explained by the Pod's
+    /// status (exit code, output), which the kubelet reports moments later: look for it a
+    /// little while, else keep the exec's own error.
+    async fn explain_exec_failure(&self, container: &str, err: Error) -> Error {
+        if !matches!(
+            err,
+            Error::Exec {
+                reason: reason::EXEC_FAILED,
+                ..
+            }
+        ) {
+            return err;
+        }
+        let give_up = Instant::now() + EXPLAIN_TIMEOUT;
+        while Instant::now() < give_up {
+            match self.api.get_opt(&self.name).await {
+                Ok(pod) => match start_state(pod.as_ref(), container) {
+                    StartState::Running | StartState::Waiting(_) => {}
+                    failed => return self.start_error(failed).await,
+                },
+                Err(read_error) => {
+                    tracing::debug!(pod = %self, error = %read_error, "reading the Pod to explain a refused exec");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        err
     }
 
     async fn delete(&self) -> Result<()> {

@@ -117,7 +117,7 @@ async fn stdout_streams_50_mib_while_a_chatty_stderr_is_drained() -> anyhow::Res
         // 4 MiB of stderr first: more than every pipe on the way holds, so the command only
         // gets to its stdout if stderr is read while the caller waits for stdout.
         let script =
-            format!("yes noise | head -c 4194304 >&2; yes 0123456789abcdef | head -c {SIZE}; echo last words >&2");
+            format!("yes noise | head -n 700000 >&2; yes 0123456789abcdef | head -c {SIZE}; echo last words >&2");
         let (read, outcome) = ExecPod::run(&client, &params, |pod| async move {
             pod.wait_running("main", START_TIMEOUT).await?;
             let mut stdout = pod.exec_stdout("main", ["sh", "-c", &script], deadline()).await?;
@@ -279,12 +279,16 @@ async fn a_container_that_exits_fails_the_start_with_its_exit_code_and_output() 
             "command": ["sh", "-c", "echo could not reach the database; exit 3"],
         }] });
         let params = run_params(&client, &ns, "crashes", spec).await?;
+        // The container may be seen running for an instant: then the exec is refused, and the
+        // error explains why all the same.
         let result = ExecPod::run(&client, &params, |pod| async move {
-            pod.wait_running("main", START_TIMEOUT).await
+            pod.wait_running("main", START_TIMEOUT).await?;
+            pod.exec_stdout("main", ["true"], deadline()).await?;
+            Ok::<_, Error>(())
         })
         .await;
         let err = result.expect_err("the container exited");
-        assert_eq!(exec_reason(&err), "PodFailed");
+        assert_eq!(exec_reason(&err), "PodFailed", "{err}");
         assert_eq!(
             err.to_string(),
             format!(

@@ -85,6 +85,8 @@ pub(super) struct Session {
     deadline: Instant,
     attached: AttachedProcess,
     status: Pin<Box<dyn Future<Output = Option<Status>> + Send>>,
+    /// The status, once a writer's poll saw it arrive (`Some(None)`: the exec ended without one).
+    ended: Option<Option<Status>>,
     stderr: JoinHandle<Vec<u8>>,
     stdout: Option<JoinHandle<Vec<u8>>>,
 }
@@ -165,6 +167,7 @@ impl Session {
             deadline,
             attached,
             status,
+            ended: None,
             stderr,
             stdout: drained,
         };
@@ -179,10 +182,15 @@ impl Session {
             deadline,
             attached,
             status,
+            ended,
             stderr,
             stdout,
         } = self;
-        let Ok(status) = tokio::time::timeout_at(deadline, status).await else {
+        let status = match ended {
+            Some(status) => Ok(status),
+            None => tokio::time::timeout_at(deadline, status).await,
+        };
+        let Ok(status) = status else {
             attached.abort();
             stderr.abort();
             return Err(deadline_exceeded(&what, deadline - started));
@@ -225,6 +233,17 @@ impl Session {
                 message: format!("{what} failed: {message}{}", stderr_suffix(&stderr_tail)),
             }),
         }
+    }
+
+    /// True once the exec has ended (its status arrived or the connection closed); keeps the
+    /// status for [`Session::finish`] and wakes the caller when it comes.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.ended.is_none()
+            && let Poll::Ready(status) = self.status.as_mut().poll(cx)
+        {
+            self.ended = Some(status);
+        }
+        self.ended.is_some()
     }
 
     fn deadline_error(&self) -> Error {
@@ -325,7 +344,11 @@ impl AsyncWrite for ExecStdin {
             this.session.attached.abort();
             return Poll::Ready(Err(timed_out(&this.session)));
         }
-        Pin::new(&mut this.stdin).poll_write(cx, buf)
+        match Pin::new(&mut this.stdin).poll_write(cx, buf) {
+            // Nothing reads the pipe once the exec has ended: fail instead of waiting forever.
+            Poll::Pending if this.session.poll_ended(cx) => Poll::Ready(Err(ended_early(&this.session))),
+            other => other,
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -334,7 +357,10 @@ impl AsyncWrite for ExecStdin {
             this.session.attached.abort();
             return Poll::Ready(Err(timed_out(&this.session)));
         }
-        Pin::new(&mut this.stdin).poll_flush(cx)
+        match Pin::new(&mut this.stdin).poll_flush(cx) {
+            Poll::Pending if this.session.poll_ended(cx) => Poll::Ready(Err(ended_early(&this.session))),
+            other => other,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -368,6 +394,13 @@ impl DeadlineGuard {
         }
         self.expired
     }
+}
+
+fn ended_early(session: &Session) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        format!("{} ended before it read all of its input", session.what),
+    )
 }
 
 fn timed_out(session: &Session) -> io::Error {
