@@ -17,9 +17,13 @@
 //! })
 //! .await
 //! ```
-//! For a restore, `exec_stdin` gives the AsyncWrite for `stowage_core::restore`; call `finish()`
-//! whatever the restore returned and report its failure (deadline, non-zero exit) first: a
-//! command that exits early breaks the pipe, and the data path then only sees the broken pipe.
+//! For a restore, `exec_stdin` gives the AsyncWrite for `stowage_core::restore`. When the
+//! restore succeeded, `finish()` closes stdin and returns the exit code. When it failed, look at
+//! why: a command that exits early breaks the pipe (the data path reports `SinkFailed`), and
+//! `finish()` then returns its exit code and stderr, the real cause; a data path that failed on
+//! its own (storage, integrity) must not end the command's input cleanly, or the command would
+//! take a cut-off input for a complete one: call `ExecStdin::kill()`, which deletes the Pod at
+//! once and kills the command with it.
 //!
 //! The Pod is deleted at the end whatever happened, on three levels: [`ExecPod::run`] deletes
 //! it after its body returns (success, error or a non-zero exit); dropping an [`ExecPod`]

@@ -476,3 +476,43 @@ async fn hooks_run_in_an_existing_pod_with_exit_code_output_and_timeout() -> any
     })
     .await
 }
+
+#[tokio::test]
+async fn a_killed_restore_never_sees_the_end_of_its_input() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    let host_dir = tempfile::tempdir()?;
+    let host_path = host_dir.path().to_string_lossy().into_owned();
+    bed.with_namespace("podexec-kill", |client, ns| async move {
+        let spec = json!({
+            "containers": [{
+                "name": "main",
+                "image": "postgres:16",
+                "command": ["sleep", "infinity"],
+                "volumeMounts": [{ "name": "out", "mountPath": "/out" }],
+            }],
+            "volumes": [{ "name": "out", "hostPath": { "path": host_path } }],
+        });
+        let params = run_params(&client, &ns, "cut-off", spec).await?;
+        let written = ExecPod::run(&client, &params, |pod| async move {
+            pod.wait_running("main", START_TIMEOUT).await?;
+            // Marks its input complete only when it reads to the end of it, as a restore would.
+            let script = "cat > /out/restored && touch /out/complete";
+            let mut stdin = pod.exec_stdin("main", ["sh", "-c", script], deadline()).await?;
+            let data = pattern(4 * 1024 * 1024);
+            tokio::io::copy(&mut data.as_slice(), &mut stdin)
+                .await
+                .map_err(test_error)?;
+            // The data path fails here: the command must die without seeing end of input.
+            stdin.kill().await?;
+            Ok::<_, Error>(data.len())
+        })
+        .await?;
+        assert_gone(&client, &ns, "cut-off").await?;
+        let complete = std::path::Path::new(&host_path).join("complete");
+        assert!(!complete.exists(), "the restore command saw the end of its input");
+        let restored = std::fs::metadata(std::path::Path::new(&host_path).join("restored"))?.len();
+        assert!(restored <= written as u64, "restored {restored} of {written} bytes");
+        Ok(())
+    })
+    .await
+}

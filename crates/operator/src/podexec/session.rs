@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
-use kube::api::{Api, AttachParams, AttachedProcess};
+use kube::api::{Api, AttachParams, AttachedProcess, DeleteParams};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, SimplexStream, WriteHalf};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
@@ -26,6 +26,8 @@ use crate::{Error, Result};
 pub const STDERR_TAIL_BYTES: usize = 4 * 1024;
 /// Bytes of stdout kept by [`super::exec_in_pod`].
 pub const STDOUT_TAIL_BYTES: usize = 64 * 1024;
+/// How long [`ExecStdin::kill`] waits for the killed command's exec to end.
+const KILL_WAIT: Duration = Duration::from_secs(30);
 /// kube-rs buffers 1 KiB per stream by default, which caps throughput at a few MB/s.
 const PIPE_BYTES: usize = 1 << 20;
 
@@ -80,6 +82,8 @@ pub struct ExecStdin {
 
 /// What the streams of one exec share: the kube-rs task, the status, the stderr drain.
 pub(super) struct Session {
+    api: Api<Pod>,
+    pod: String,
     what: String,
     started: Instant,
     deadline: Instant,
@@ -162,6 +166,8 @@ impl Session {
             Streams::Stdin => (None, None, attached.stdin()),
         };
         let session = Session {
+            api: api.clone(),
+            pod: pod.to_owned(),
             what,
             started,
             deadline,
@@ -177,6 +183,8 @@ impl Session {
     /// Waits for the exit status until the deadline; past it, abandons the command.
     pub(super) async fn finish(self) -> Result<Ended> {
         let Session {
+            api: _,
+            pod: _,
             what,
             started,
             deadline,
@@ -334,6 +342,36 @@ impl ExecStdin {
             exit_code: ended.exit_code,
             stderr_tail: ended.stderr_tail,
         })
+    }
+}
+
+impl ExecStdin {
+    /// Kills the command without letting it see the end of its input, for when the data path
+    /// failed midway: closing stdin would hand a restore command a cut-off input as if it were
+    /// complete, and closing the connection does too (a kubelet closes the command's stdin and
+    /// lets it run). So the whole Pod is deleted at once (grace period 0), which kills the
+    /// command with it; then the exec is awaited (bounded) and dropped. Only for Pods of this
+    /// transport, never for an application's Pod.
+    pub async fn kill(self) -> Result<()> {
+        let ExecStdin { stdin, mut session, .. } = self;
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        let deleted = match session.api.delete(&session.pod, &now).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(err) => Err(Error::from(err)),
+        };
+        if deleted.is_ok() && session.ended.is_none() {
+            let limit = session.deadline.min(Instant::now() + KILL_WAIT);
+            if let Ok(status) = tokio::time::timeout_at(limit, session.status.as_mut()).await {
+                session.ended = Some(status);
+            }
+        }
+        session.attached.abort();
+        drop(stdin);
+        deleted
     }
 }
 
