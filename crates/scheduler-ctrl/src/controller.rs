@@ -55,18 +55,31 @@ impl SchedulerContext {
     }
 }
 
-/// Runs the scheduler until `ctx.kit.shutdown` is cancelled.
+/// Runs the scheduler until `ctx.kit.shutdown` is cancelled. With the kit's
+/// `watch_namespace` set (`--watch-namespace`), only the schedules of that namespace and
+/// their runs are watched: a namespace-scoped install, or tests sharing one cluster.
 pub async fn run(ctx: Arc<SchedulerContext>) -> anyhow::Result<()> {
     let client = ctx.kit.client.clone();
-    let schedules: Api<BackupSchedule> = Api::all(client.clone());
+    let only = ctx.kit.watch_namespace.clone();
+    let schedules: Api<BackupSchedule> = ctx.kit.watched();
     schedules.list(&ListParams::default().limit(1)).await.map_err(|error| {
         anyhow::anyhow!("listing BackupSchedules failed ({error}): is the CRD installed (deploy/crds)?")
     })?;
     let mut controller = Controller::new(schedules, watcher::Config::default().any_semantic());
     for kind in ctx.watched.clone() {
         let resource = runs::api_resource(kind);
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let config = watcher::Config::default().labels(SCHEDULE_LABEL).any_semantic();
+        let (api, selector) = match &only {
+            Some(namespace) if kind.cluster_scoped() => (
+                Api::all_with(client.clone(), &resource),
+                format!("{SCHEDULE_LABEL},{SCHEDULE_NAMESPACE_LABEL}={namespace}"),
+            ),
+            Some(namespace) => (
+                Api::namespaced_with(client.clone(), namespace, &resource),
+                SCHEDULE_LABEL.to_string(),
+            ),
+            None => (Api::all_with(client.clone(), &resource), SCHEDULE_LABEL.to_string()),
+        };
+        let config = watcher::Config::default().labels(&selector).any_semantic();
         controller = controller.watches_with(api, resource, config, schedule_of);
     }
     let shutdown = ctx.kit.shutdown.clone();

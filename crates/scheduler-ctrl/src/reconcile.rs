@@ -27,6 +27,10 @@ const POLL_UNWATCHED: Duration = Duration::from_secs(10);
 /// Timers never fire early, but the wall clock and the timer clock may disagree by a hair.
 const TICK_MARGIN: Duration = Duration::from_millis(20);
 
+/// Condition messages are never empty: the API server (1.20) reads an empty string in a
+/// merge patch as null, and a condition's message is a required string.
+const VALID_SCHEDULE: &str = "the schedule and its time zone are valid";
+
 /// One schedule being reconciled: what every step needs.
 struct Pass<'a> {
     kit: &'a Context,
@@ -104,7 +108,11 @@ impl Pass<'_> {
             "InvalidSchedule",
             invalid_schedule,
             valid_reason,
-            if invalid_schedule { refusal.message.as_str() } else { "" },
+            if invalid_schedule {
+                refusal.message.as_str()
+            } else {
+                VALID_SCHEDULE
+            },
             generation,
             now,
         );
@@ -227,7 +235,7 @@ impl Pass<'_> {
         let (reason, message) = if suspend {
             ("Suspended", "spec.suspend is true: no runs are created")
         } else {
-            ("Active", "")
+            ("Active", "runs are created on schedule")
         };
         conditions::set(
             &mut self.status.conditions,
@@ -456,7 +464,7 @@ impl Pass<'_> {
             "InvalidSchedule",
             false,
             "ScheduleValid",
-            "",
+            VALID_SCHEDULE,
             generation,
             now,
         );
