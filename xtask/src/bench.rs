@@ -1,6 +1,8 @@
 //! `cargo xtask bench pipeline [--quick]`: Stowage's data path measured as a
 //! process, side by side with the stock tools it replaces, in the same run on
 //! the same files, reported as throughput, peak RSS and ratios.
+//! `cargo xtask bench exec [--quick]` (bench_exec.rs) measures the exec-backup path through the
+//! API server the same way.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,11 +12,16 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use stowage_core::testing::{Generated, Pattern, S3Server};
 
+// `bench exec` lives in its own file beside this one.
+#[path = "bench_exec.rs"]
+mod exec;
+
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     match args.first().map(String::as_str) {
         Some("pipeline") => pipeline(quick),
-        _ => bail!("usage: cargo xtask bench pipeline [--quick]"),
+        Some("exec") => exec::run(quick),
+        _ => bail!("usage: cargo xtask bench pipeline|exec [--quick]"),
     }
 }
 
@@ -282,7 +289,7 @@ fn measure(label: &str, command: &str, bytes: u64) -> anyhow::Result<Sample> {
     })
 }
 
-fn generate(path: &Path, pattern: Pattern, size: u64) -> anyhow::Result<()> {
+pub(crate) fn generate(path: &Path, pattern: Pattern, size: u64) -> anyhow::Result<()> {
     if std::fs::metadata(path).map(|m| m.len() == size).unwrap_or(false) {
         return Ok(());
     }
@@ -300,12 +307,12 @@ fn sh(command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     stowage_core::human_bytes(bytes)
 }

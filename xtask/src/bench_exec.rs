@@ -1,0 +1,179 @@
+//! `cargo xtask bench exec [--quick]`: the exec-backup data path through the real API server and
+//! the test bed's node simulator, against core alone on the same data and against
+//! `kubectl exec | gzip -6 | age`, in one run.
+//!
+//! Every phase runs the release example `exec_throughput` of stowage-exec-backup-ctrl once (the
+//! Pod phases in a namespace and Pod of their own, on SQL-dump-like data in a file that the Pod
+//! reads with `cat` through a hostPath volume) and is timed inside it, so that starting a Pod is
+//! not counted; see that example for what each phase does.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use stowage_core::testing::Pattern;
+
+use super::{generate, human, target_dir};
+
+/// The phases, in the order they run: (phase, label).
+const PHASES: [(&str, &str); 4] = [
+    ("core", "core alone: file → gzip-6 + age → filesystem"),
+    ("exec", "exec alone: `cat` through the apiserver, stdout dropped"),
+    (
+        "backup",
+        "exec path: `cat` through the apiserver → gzip-6 + age → filesystem",
+    ),
+    ("kubectl", "kubectl exec … cat | gzip -6 | age > file"),
+];
+
+/// What one phase measured.
+struct Measured {
+    label: &'static str,
+    bytes: u64,
+    seconds: f64,
+    peak_rss_kib: u64,
+}
+
+impl Measured {
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-6)
+    }
+}
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    for (tool, package) in [
+        ("kubectl", "kubernetes-client"),
+        ("gzip", "gzip"),
+        ("age", "age"),
+        ("age-keygen", "age"),
+        ("time", "time"),
+    ] {
+        let found = Command::new("bash")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?
+            .status
+            .success();
+        if !found {
+            bail!("{tool} not found: apt-get install {package}");
+        }
+    }
+    let size: u64 = if quick { 128 << 20 } else { 1 << 30 };
+    let root = crate::deps::workspace_root();
+    let dir = target_dir(&root).join("stowage-bench");
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join(format!("sql-{size}.bin"));
+    generate(&input, Pattern::SqlDump, size)?;
+    let key = dir.join("key.txt");
+    if !key.exists() {
+        let status = Command::new("age-keygen").arg("-o").arg(&key).status()?;
+        if !status.success() {
+            bail!("age-keygen -o {} failed", key.display());
+        }
+    }
+    let recipient = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output()?.stdout)?
+        .trim()
+        .to_string();
+
+    let bed = crate::envtest::start()?;
+    eprintln!("building exec_throughput (release)…");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "stowage-exec-backup-ctrl",
+            "--example",
+            "exec_throughput",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("building the exec_throughput example failed");
+    }
+    let example = target_dir(&root).join("release/examples/exec_throughput");
+    let store = dir.join("exec-store");
+    let _ = std::fs::remove_dir_all(&store);
+
+    let load_before = load_average();
+    let mut measured = Vec::new();
+    for (phase, label) in PHASES {
+        eprintln!("  {label}…");
+        let output = Command::new(&example)
+            .arg(phase)
+            .arg("--input")
+            .arg(&input)
+            .arg("--fs")
+            .arg(&store)
+            .args(["--recipient", &recipient])
+            .arg("--output")
+            .arg(dir.join("kubectl.gz.age"))
+            .arg("--identity")
+            .arg(&key)
+            .env("KUBECONFIG", &bed.kubeconfig)
+            .output()
+            .context("running exec_throughput")?;
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            bail!("phase {phase} failed: {}", output.status);
+        }
+        let line: serde_json::Value =
+            serde_json::from_slice(&output.stdout).with_context(|| format!("reading phase {phase}'s result"))?;
+        let number = |field: &str| {
+            line.get(field)
+                .and_then(serde_json::Value::as_f64)
+                .with_context(|| format!("phase {phase}'s result has no {field}: {line}"))
+        };
+        measured.push(Measured {
+            label,
+            bytes: number("bytes")? as u64,
+            seconds: number("seconds")?,
+            peak_rss_kib: number("peak_rss_kib")? as u64,
+        });
+    }
+    let load_after = load_average();
+
+    let mut report = String::new();
+    writeln!(
+        report,
+        "Stowage exec benchmark: {} of SQL-dump-like text, {} cores, load average {load_before} before and {load_after} after",
+        human(size),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )?;
+    writeln!(report, "\n| run | MB/s | peak RSS | seconds |\n|---|---:|---:|---:|")?;
+    for m in &measured {
+        writeln!(
+            report,
+            "| {} | {:.0} | {:.1} MiB | {:.2} |",
+            m.label,
+            m.mb_per_s(),
+            m.peak_rss_kib as f64 / 1024.0,
+            m.seconds
+        )?;
+    }
+    let rate = |index: usize| measured.get(index).map_or(f64::NAN, Measured::mb_per_s);
+    let (core, exec, path, kubectl) = (rate(0), rate(1), rate(2), rate(3));
+    writeln!(report, "\n| ratio | value | target |\n|---|---:|---:|")?;
+    writeln!(report, "| exec path / core alone | {:.2}x | ≥ 0.80x |", path / core)?;
+    writeln!(
+        report,
+        "| exec path / kubectl exec \\| gzip -6 \\| age | {:.2}x | |",
+        path / kubectl
+    )?;
+    writeln!(report, "| exec path / exec alone | {:.2}x | |", path / exec)?;
+    println!("{report}");
+    let file = dir.join(if quick { "exec-quick.md" } else { "exec.md" });
+    std::fs::write(&file, &report)?;
+    eprintln!("report written to {}", file.display());
+    let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_file(dir.join("kubectl.gz.age"));
+    Ok(())
+}
+
+/// The 1-minute load average: the bed and the machine are shared, so say how busy they were.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
