@@ -22,7 +22,15 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     // watch on Pods: kube never reconciles the same object twice at once.
     let backups = Controller::new(ctx.watched::<ExecBackup>(), watcher::Config::default());
     let restores = Controller::new(ctx.watched::<ExecRestore>(), watcher::Config::default());
+    // BackupStorages are cluster-wide: a controller confined to one namespace leaves their
+    // probing to the cluster-wide ones.
+    let storages = async {
+        if ctx.watch_namespace.is_none() {
+            stowage_operator::storage_status::run(ctx.clone()).await;
+        }
+    };
     tokio::join!(
+        storages,
         run_controller(backups, ctx.clone(), ctx.shutdown.clone(), backup::reconcile),
         run_controller(restores, ctx.clone(), ctx.shutdown.clone(), restore::reconcile),
     );

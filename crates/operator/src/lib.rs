@@ -18,6 +18,7 @@ pub mod runner;
 pub mod secrets;
 pub mod status;
 pub mod storage;
+pub mod storage_status;
 
 pub use context::Context;
 pub use error::{Error, Result};

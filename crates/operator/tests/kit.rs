@@ -268,3 +268,51 @@ async fn the_error_policy_retries_transient_failures_and_waits_on_invalid_specs(
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn backup_storages_are_probed_and_report_ready_or_why_not() {
+    let bed = bed().await.unwrap();
+    install_crds(&bed.client()).await;
+    bed.with_namespace("kit-probe", |client, namespace| async move {
+        let ctx = Arc::new(context(&client, &namespace));
+        let dir = tempfile::tempdir()?;
+        let working = format!("{namespace}-works");
+        let broken = format!("{namespace}-broken");
+        create_storage(&client, &working, json!({ "type": "Filesystem", "filesystem": { "path": dir.path() } })).await;
+        create_storage(
+            &client,
+            &broken,
+            json!({
+                "type": "S3",
+                "s3": { "bucket": "nowhere", "endpoint": format!("http://127.0.0.1:{}", stowage_core::testing::free_port()?), "allowHttp": true, "forcePathStyle": true },
+                "credentialsSecretRef": { "namespace": namespace, "name": "absent" },
+            }),
+        )
+        .await;
+        let probing = tokio::spawn(stowage_operator::storage_status::run(ctx.clone()));
+        let storages: Api<BackupStorage> = Api::all(client.clone());
+        let ready = |name: String| {
+            let storages = storages.clone();
+            async move {
+                wait_for(&format!("BackupStorage {name} to report Ready"), || async {
+                    let storage = storages.get(&name).await?;
+                    Ok(storage
+                        .status
+                        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+                        .map(|c| (c.status, c.reason)))
+                })
+                .await
+            }
+        };
+        assert_eq!(ready(working.clone()).await?, ("True".to_string(), "ProbeSucceeded".to_string()));
+        assert_eq!(ready(broken.clone()).await?, ("False".to_string(), "SecretNotFound".to_string()));
+        ctx.shutdown.cancel();
+        probing.await?;
+        for name in [working, broken] {
+            storages.delete(&name, &Default::default()).await?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}

@@ -194,13 +194,16 @@ pub async fn event_reasons(client: &kube::Client, namespace: &str, name: &str) -
         .collect())
 }
 
-/// The files under `dir`, relative, sorted.
+/// The files under `dir`, relative, sorted; BackupStorage probe objects (written and deleted
+/// at once by the storage reconciler of any controller in the cluster) are not counted.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.is_dir() {
                 walk(root, &path, out);
+            } else if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(".stowage-probe-")) {
+                continue;
             } else if let Ok(relative) = path.strip_prefix(root) {
                 out.push(relative.to_path_buf());
             }
