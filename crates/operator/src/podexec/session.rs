@@ -74,6 +74,8 @@ pub struct ExecStdout {
 ///
 /// Writes fail with [`io::ErrorKind::TimedOut`] once the deadline passes, and fail with
 /// [`io::ErrorKind::BrokenPipe`] if the command ended early; [`ExecStdin::finish`] then says why.
+/// End it with `finish` (end of input, exit code) or, when the input is incomplete, with
+/// [`ExecStdin::kill`].
 pub struct ExecStdin {
     stdin: WriteHalf<SimplexStream>,
     guard: DeadlineGuard,
