@@ -15,7 +15,7 @@ use stowage_api::{
     ArtifactStatus, ExecBackup, ExecCommand, ExecPhase, ExecRestore, ExecRunStatus, PodTemplate, SecretKeyRef,
 };
 use stowage_core::{Identities, Progress, RestoreRequest};
-use stowage_operator::podexec::{ExecPod, ExecPodParams, reason};
+use stowage_operator::podexec::{ExecPod, ExecPodParams};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, secrets, status};
 use tokio::time::Instant;
 
@@ -258,8 +258,7 @@ async fn execute(ctx: &Context, plan: Plan, progress: Progress) -> Result<(), (E
     let mut request = RestoreRequest::new(plan.storage.store.clone(), plan.path.clone());
     request.identities = plan.identities.clone();
     request.progress = progress;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &plan.pod.namespace);
-    let (container, argv, deadline, pod_name) = (plan.container, plan.argv, plan.deadline, plan.pod.name.clone());
+    let (container, argv, deadline) = (plan.container, plan.argv, plan.deadline);
     let result = ExecPod::run(&ctx.client, &plan.pod, |pod| async move {
         pod.wait_running(&container, run::POD_START_TIMEOUT).await?;
         let mut stdin = pod.exec_stdin(&container, argv, Instant::now() + deadline).await?;
@@ -271,31 +270,25 @@ async fn execute(ctx: &Context, plan: Plan, progress: Progress) -> Result<(), (E
                     .check("the restore command")
                     .map_err(|error| Wrapped(error, Some(tail)))
             }
-            Err(data_error) => {
-                // Kill the command before its stdin closes: it must not take a cut-off input
-                // for a complete one.
-                let _ = pods
-                    .delete(
-                        &pod_name,
-                        &DeleteParams {
-                            grace_period_seconds: Some(0),
-                            ..DeleteParams::default()
-                        },
-                    )
-                    .await;
-                let finished = stdin.finish().await;
-                match finished {
-                    Err(error) if error.reason() == reason::DEADLINE_EXCEEDED => Err(Wrapped(error, None)),
-                    Ok(outcome) if data_error.reason() == "SinkFailed" && outcome.exit_code != 0 => {
-                        let tail = outcome.stderr_tail.clone();
-                        Err(Wrapped(
-                            outcome.check("the restore command").err().unwrap_or(data_error.into()),
-                            Some(tail),
-                        ))
+            // The command broke the pipe (exited early, or the deadline passed): its exit
+            // code, stderr or the deadline is the explanation.
+            Err(data_error) if data_error.reason() == "SinkFailed" => match stdin.finish().await {
+                Err(error) => Err(Wrapped(error, None)),
+                Ok(outcome) => {
+                    let tail = Some(outcome.stderr_tail.clone());
+                    match outcome.check("the restore command") {
+                        Err(error) => Err(Wrapped(error, tail)),
+                        Ok(()) => Err(Wrapped(data_error.into(), tail)),
                     }
-                    Ok(outcome) => Err(Wrapped(data_error.into(), Some(outcome.stderr_tail))),
-                    Err(_) => Err(Wrapped(data_error.into(), None)),
                 }
+            },
+            // A check failed midway: kill the command before its stdin closes, so it never
+            // takes a cut-off input for a complete one.
+            Err(data_error) => {
+                if let Err(error) = stdin.kill().await {
+                    tracing::warn!(%error, "killing the restore command failed");
+                }
+                Err(Wrapped(data_error.into(), None))
             }
         }
     })

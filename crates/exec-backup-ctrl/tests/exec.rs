@@ -417,6 +417,20 @@ async fn restores_refuse_wrong_keys_tampered_payloads_and_foreign_paths() {
         }))
         .await?;
         let tampered = finished_backup(&client, &ns, "tampered").await?.status.unwrap();
+
+        // A restore command that gives up (a SQL error, say) fails the run with its exit code
+        // and the tail of its stderr.
+        create_restore(&client, &ns, "command-fails", json!({
+            "backupRef": { "name": "tampered" },
+            "restore": { "command": ["sh", "-c", "head -c 1000 > /dev/null; echo 'ERROR: syntax error at line 1' >&2; exit 2"] },
+        }))
+        .await?;
+        let gave_up = finished_restore(&client, &ns, "command-fails").await?.status.unwrap();
+        assert_eq!(gave_up.phase, ExecPhase::Failed);
+        assert_eq!(condition(&gave_up.conditions, "Failed").1, "CommandFailed", "{gave_up:#?}");
+        assert!(condition(&gave_up.conditions, "Failed").2.contains("exited with code 2"), "{gave_up:#?}");
+        assert!(gave_up.stderr_tail.as_deref().unwrap_or("").contains("syntax error at line 1"), "{gave_up:#?}");
+
         let tampered_path = store.join(tampered.artifact.unwrap().artifact.path);
         let mut bytes = std::fs::read(&tampered_path)?;
         let middle = bytes.len() / 2;

@@ -202,7 +202,10 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 walk(root, &path, out);
-            } else if path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(".stowage-probe-")) {
+            } else if path
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(".stowage-probe-"))
+            {
                 continue;
             } else if let Ok(relative) = path.strip_prefix(root) {
                 out.push(relative.to_path_buf());
