@@ -327,7 +327,12 @@ async fn finish_runs(
 ) -> anyhow::Result<Vec<(String, &'static str, DateTime<Utc>)>> {
     let mut finished: Vec<(String, &'static str, DateTime<Utc>)> = Vec::new();
     let mut suspended = false;
+    let deadline = tokio::time::Instant::now() + stowage_e2e::bed::WAIT_TIMEOUT;
     loop {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {count} runs of {name} to be created (finished so far: {finished:?})"
+        );
         let runs = list_runs(client, RunKind::ExecBackup, namespace, name).await?;
         let pending: Vec<String> = runs
             .iter()
