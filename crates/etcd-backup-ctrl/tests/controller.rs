@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use object_store::ObjectStoreExt as _;
 use serde_json::json;
 use stowage_api::{BackupStorage, EtcdBackup, EtcdBackupPhase};
@@ -334,6 +334,7 @@ async fn plain_http_succeeds_and_bad_inputs_fail_with_clear_conditions_and_event
     let s3 = S3Server::start("etcd").await.unwrap();
     let other_ca_dir = tempfile::tempdir().unwrap();
     let other_ca = stowage_e2e::pki::CertificateAuthority::create(other_ca_dir.path(), "other").unwrap();
+    let bed_etcd = bed.info().etcd_endpoint.clone();
 
     bed.with_namespace("etcd-bad", |client, namespace| async move {
         let _controller = start_controller(&client, &namespace, 2);
@@ -351,6 +352,44 @@ async fn plain_http_succeeds_and_bad_inputs_fail_with_clear_conditions_and_event
         assert!(backup.metadata.finalizers.unwrap_or_default().is_empty());
         let path = backup.status.unwrap().artifact.unwrap().artifact.path;
         assert!(path.ends_with(".db.zst"), "{path}");
+
+        // The test bed's own etcd (the one its kube-apiserver uses), with a path template.
+        let name = create_backup(
+            &client,
+            &namespace,
+            "bed",
+            json!({
+                "endpoints": [bed_etcd],
+                "storage": {"name": storage, "path": "{{ .Name }}/bed-etcd"},
+            }),
+        )
+        .await;
+        let status = wait_for_phase(&client, &name, EtcdBackupPhase::Succeeded).await.status.unwrap();
+        assert!(status.revision.unwrap() > 1, "{status:?}");
+        let path = status.artifact.unwrap().artifact.path;
+        assert_eq!(path, format!("etcdbackup/_cluster/{name}/bed-etcd.db.gz"));
+
+        // A Running status the controller does not know was left by a controller that
+        // stopped mid-stream: the attempt counts as interrupted and the backup runs again.
+        let api: Api<EtcdBackup> = Api::all(client.clone());
+        let name = format!("{namespace}-interrupted");
+        let orphan: EtcdBackup = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"endpoints": [plain.endpoint()], "storage": {"name": storage}},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &orphan).await.unwrap();
+        let running = json!({"status": {"phase": "Running"}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
+            .await
+            .unwrap();
+        let label = json!({"metadata": {"labels": {TEST_LABEL: namespace}}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .unwrap();
+        let status = wait_for_phase(&client, &name, EtcdBackupPhase::Succeeded).await.status.unwrap();
+        assert_eq!(status.attempts, Some(1));
+        wait_for_event(&client, &name, "Interrupted").await;
 
         // A wrong CA: a clear TLS reason, retried, then failed for good.
         let mut wrong = tls_secret(&tls);
