@@ -5,11 +5,44 @@
 
 pub mod archive;
 pub mod backup;
+mod backup_ctrl;
 pub mod encryption;
 pub mod error;
 pub mod plan;
 pub mod prune;
+mod reconcile;
 pub mod restore;
+mod restore_ctrl;
 pub mod selector;
 
 pub use error::{Error, Result};
+
+use std::sync::Arc;
+
+use kube::runtime::{Controller, watcher};
+use stowage_api::{ResourceBackup, ResourceRestore};
+use stowage_operator::{Context, run_controller};
+
+pub use backup_ctrl::FINALIZER;
+
+/// Runs the ResourceBackup and ResourceRestore controllers until `ctx.shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
+    run_selected(ctx, None).await
+}
+
+/// [`run`] for the objects matching `label_selector` only (tests sharing one cluster each
+/// reconcile their own cluster-scoped objects).
+pub async fn run_selected(ctx: Arc<Context>, label_selector: Option<&str>) -> anyhow::Result<()> {
+    let config = match label_selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
+    // Each run is one long reconcile; kube never reconciles the same object twice at once.
+    let backups = Controller::new(kube::Api::<ResourceBackup>::all(ctx.client.clone()), config.clone());
+    let restores = Controller::new(kube::Api::<ResourceRestore>::all(ctx.client.clone()), config);
+    tokio::join!(
+        run_controller(backups, ctx.clone(), ctx.shutdown.clone(), backup_ctrl::reconcile),
+        run_controller(restores, ctx.clone(), ctx.shutdown.clone(), restore_ctrl::reconcile),
+    );
+    Ok(())
+}

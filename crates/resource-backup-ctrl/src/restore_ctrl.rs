@@ -1,0 +1,264 @@
+//! The ResourceRestore reconciler: find the archive (a ResourceBackup's, or a path in a
+//! BackupStorage), fetch and verify it whole, then apply or plan it and record the counts,
+//! the bounded failure list and, for dry runs, the plan. A restore is one run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use stowage_api::resource_backup::ResourceBackupPhase;
+use stowage_api::resource_restore::{ResourceRestorePhase, ResourceRestoreStatus};
+use stowage_api::{ResourceBackup, ResourceRestore};
+use stowage_core::Identities;
+use stowage_operator::conditions::to_time;
+use stowage_operator::{Context, Error, Result, resolve_storage, secrets, status};
+
+use crate::plan::Selection;
+use crate::reconcile::{encryption_config, set_conditions, to_kit};
+use crate::restore::{self, Options};
+
+const KIND: &str = "ResourceRestore";
+const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn reconcile(object: Arc<ResourceRestore>, ctx: Arc<Context>) -> Result<Action> {
+    let api: Api<ResourceRestore> = Api::all(ctx.client.clone());
+    let name = object.name_any();
+    let mut state = object.status.clone().unwrap_or_default();
+    let generation = object.metadata.generation;
+    state.observed_generation = generation;
+    match state.phase {
+        ResourceRestorePhase::Succeeded | ResourceRestorePhase::PartiallyFailed | ResourceRestorePhase::Failed => {
+            return Ok(Action::await_change());
+        }
+        ResourceRestorePhase::Running => {
+            let error = Error::permanent(
+                "Interrupted",
+                "the controller stopped during the restore; some objects may have been applied: create a new ResourceRestore to finish it (restoring is idempotent)",
+            );
+            return finish_failed(&object, &api, state, error, &ctx).await;
+        }
+        ResourceRestorePhase::Pending => {}
+    }
+    let (source, store, path, identities, encryption) = match prepare(&object, &ctx).await {
+        Ok(prepared) => prepared,
+        Err(error) if error.awaits_change() => return finish_failed(&object, &api, state, error, &ctx).await,
+        Err(error) => {
+            let message = error.to_string();
+            set_conditions(
+                &mut state.conditions,
+                false,
+                false,
+                error.reason(),
+                &message,
+                generation,
+                &ctx,
+            );
+            status::patch(&api, &name, &state).await?;
+            ctx.warning(object.as_ref(), error.reason(), message).await;
+            return Err(error);
+        }
+    };
+
+    state.phase = ResourceRestorePhase::Running;
+    state.start_time = Some(to_time(ctx.now()));
+    state.source = Some(source.clone());
+    let verb = if object.spec.dry_run {
+        "planning a restore of"
+    } else {
+        "restoring"
+    };
+    let message = format!("{verb} {source}");
+    set_conditions(
+        &mut state.conditions,
+        false,
+        true,
+        "Running",
+        &message,
+        generation,
+        &ctx,
+    );
+    status::patch(&api, &name, &state).await?;
+    ctx.normal(object.as_ref(), "RestoreStarted", message).await;
+
+    let started = std::time::Instant::now();
+    let options = options(&object);
+    let run = async {
+        let archive = restore::fetch(store, &path, identities, encryption.as_ref()).await?;
+        restore::apply(&ctx.client, &archive, &options).await
+    };
+    let outcome = tokio::select! {
+        outcome = run => outcome.map_err(to_kit),
+        _ = ctx.shutdown.cancelled() => Err(Error::permanent("Interrupted", "the controller stopped during the restore; some objects may have been applied: create a new ResourceRestore to finish it")),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => {
+            ctx.metrics.run_finished(KIND, "Restore", error.reason(), seconds);
+            return finish_failed(&object, &api, state, error, &ctx).await;
+        }
+    };
+    let counts = &report.counts;
+    let summary = format!(
+        "{} created, {} updated, {} unchanged, {} skipped, {} deleted, {} failed",
+        counts.created, counts.updated, counts.unchanged, counts.skipped, counts.deleted, counts.failed
+    );
+    let (phase, reason, message) = match (counts.failed, object.spec.dry_run) {
+        (0, true) => (
+            ResourceRestorePhase::Succeeded,
+            "DryRunCompleted",
+            format!("dry run of {source}: would be {summary}"),
+        ),
+        (0, false) => (
+            ResourceRestorePhase::Succeeded,
+            "RestoreSucceeded",
+            format!("restored {source}: {summary}"),
+        ),
+        (_, _) => (
+            ResourceRestorePhase::PartiallyFailed,
+            "RestorePartiallyFailed",
+            format!("{source}: {summary}; see status.failures"),
+        ),
+    };
+    ctx.metrics.run_finished(KIND, "Restore", reason, seconds);
+    state.phase = phase;
+    state.completion_time = Some(to_time(ctx.now()));
+    state.counts = report.counts.clone();
+    state.failures = report.failures.clone();
+    state.plan = object.spec.dry_run.then(|| report.plan.clone());
+    set_conditions(
+        &mut state.conditions,
+        phase == ResourceRestorePhase::Succeeded,
+        false,
+        reason,
+        &message,
+        generation,
+        &ctx,
+    );
+    status::patch(&api, &name, &state).await?;
+    if phase == ResourceRestorePhase::Succeeded {
+        ctx.normal(object.as_ref(), reason, message).await;
+    } else {
+        ctx.warning(object.as_ref(), reason, message).await;
+    }
+    for orphan in report.orphaned.iter().take(10) {
+        ctx.warning(object.as_ref(), "OwnerNotFound", orphan.clone()).await;
+    }
+    Ok(Action::await_change())
+}
+
+fn options(object: &ResourceRestore) -> Options {
+    let spec = &object.spec;
+    Options {
+        selection: Selection {
+            namespace_mapping: spec.namespace_mapping.clone(),
+            include: spec.include.clone(),
+            exclude: spec.exclude.clone(),
+        },
+        policy: spec.existing_resource_policy,
+        prune: spec.prune,
+        dry_run: spec.dry_run,
+        delete_timeout: spec
+            .delete_timeout_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(DEFAULT_DELETE_TIMEOUT, Duration::from_secs),
+    }
+}
+
+type Prepared = (
+    String,
+    Arc<dyn object_store::ObjectStore>,
+    String,
+    Identities,
+    Option<crate::encryption::EncryptionConfig>,
+);
+
+/// The archive's storage and path, the age identity and the EncryptionConfiguration.
+async fn prepare(object: &ResourceRestore, ctx: &Context) -> Result<Prepared> {
+    let spec = &object.spec;
+    Selection {
+        namespace_mapping: spec.namespace_mapping.clone(),
+        include: spec.include.clone(),
+        exclude: spec.exclude.clone(),
+    }
+    .validate()
+    .map_err(Error::InvalidSpec)?;
+    let (storage_name, path, backup_key) = match (&spec.backup_name, &spec.storage) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(Error::InvalidSpec(
+                "give exactly one of spec.backupName and spec.storage".into(),
+            ));
+        }
+        (Some(backup_name), None) => {
+            let backups: Api<ResourceBackup> = Api::all(ctx.client.clone());
+            let backup = backups
+                .get_opt(backup_name)
+                .await?
+                .ok_or_else(|| Error::MissingReference {
+                    reason: "BackupNotFound",
+                    message: format!("ResourceBackup '{backup_name}' not found: create it or fix spec.backupName"),
+                })?;
+            let status = backup.status.unwrap_or_default();
+            match (status.phase, status.artifact) {
+                (ResourceBackupPhase::Succeeded, Some(artifact)) => (
+                    artifact.storage,
+                    artifact.artifact.path,
+                    backup.spec.encryption.and_then(|e| e.decryption_key),
+                ),
+                (ResourceBackupPhase::Failed, _) => {
+                    return Err(Error::InvalidSpec(format!(
+                        "ResourceBackup '{backup_name}' failed: there is nothing to restore"
+                    )));
+                }
+                _ => {
+                    return Err(Error::MissingReference {
+                        reason: "BackupNotReady",
+                        message: format!("ResourceBackup '{backup_name}' has not succeeded yet"),
+                    });
+                }
+            }
+        }
+        (None, Some(archive)) => (archive.name.clone(), archive.path.clone(), None),
+    };
+    let storage = resolve_storage(ctx, &storage_name, None).await?;
+    let mut identities = Identities::none();
+    if let Some(key) = spec.decryption_key_secret_ref.as_ref().or(backup_key.as_ref()) {
+        let text = secrets::key(&ctx.client, &ctx.namespace, &key.name, &key.key).await?;
+        identities.add(&text)?;
+    }
+    let encryption = encryption_config(ctx, spec.encryption_config_secret_name.as_deref()).await?;
+    Ok((
+        format!("{storage_name}:{path}"),
+        storage.store,
+        path,
+        identities,
+        encryption,
+    ))
+}
+
+async fn finish_failed(
+    object: &ResourceRestore,
+    api: &Api<ResourceRestore>,
+    mut state: ResourceRestoreStatus,
+    error: Error,
+    ctx: &Context,
+) -> Result<Action> {
+    let message = error.to_string();
+    state.phase = ResourceRestorePhase::Failed;
+    state.completion_time = Some(to_time(ctx.now()));
+    set_conditions(
+        &mut state.conditions,
+        false,
+        false,
+        error.reason(),
+        &message,
+        object.metadata.generation,
+        ctx,
+    );
+    status::patch(api, &object.name_any(), &state).await?;
+    ctx.warning(object, "RestoreFailed", format!("{}: {message}", error.reason()))
+        .await;
+    Ok(Action::await_change())
+}
