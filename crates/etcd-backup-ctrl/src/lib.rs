@@ -10,7 +10,6 @@ pub mod backup;
 pub mod certs;
 pub mod controller;
 pub mod error;
-pub mod events;
 pub mod inputs;
 pub mod metrics;
 pub mod reconcile;

@@ -19,7 +19,6 @@ use stowage_operator::{Error as KitError, resolve_storage};
 
 use crate::backup::{self, BackupOutcome, KIND};
 use crate::controller::EtcdContext;
-use crate::events;
 use crate::inputs::{self, Prepared};
 
 /// Makes deleting an EtcdBackup with retainPolicy Delete remove its data first.
@@ -64,8 +63,7 @@ async fn attempt(
         // controller that stopped mid-stream. Its upload has no manifest and is ignored.
         EtcdBackupPhase::Running => {
             status.attempts = Some(status.attempts.unwrap_or(0) + 1);
-            events::warning(
-                kit,
+            kit.warning(
                 backup,
                 "Interrupted",
                 "the controller stopped during the backup; its partial upload has no manifest and is ignored",
@@ -107,7 +105,7 @@ async fn attempt(
         now,
     );
     write_status(api, name, &status).await?;
-    events::normal(kit, backup, "BackupStarted", &message).await;
+    kit.normal(backup, "BackupStarted", &message).await;
 
     let in_progress = kit.metrics.runs_in_progress.with_label_values(&[KIND, "Backup"]);
     in_progress.inc();
@@ -197,7 +195,7 @@ async fn succeed(
         now,
     );
     write_status(api, name, &status).await?;
-    events::normal(kit, backup, "BackupSucceeded", &message).await;
+    kit.normal(backup, "BackupSucceeded", &message).await;
 
     let schedule = inputs::schedule_of(backup, name);
     let seconds = elapsed.as_secs_f64();
@@ -250,7 +248,8 @@ async fn fail(
         status.completion_time = Some(to_time(now));
         conditions::set(&mut status.conditions, READY, false, reason, &message, generation, now);
         write_status(api, name, &status).await?;
-        events::warning(kit, backup, "BackupFailed", format!("{reason}: {message}")).await;
+        kit.warning(backup, "BackupFailed", format!("{reason}: {message}"))
+            .await;
         let seconds = elapsed.map_or(0.0, |e| e.as_secs_f64());
         kit.metrics.run_finished(KIND, "Backup", reason, seconds);
         return Ok(Action::await_change());
@@ -259,7 +258,7 @@ async fn fail(
     let retrying = format!("{message} (attempt {attempts} of {}; retrying)", ctx.max_attempts);
     conditions::set(&mut status.conditions, READY, false, reason, &retrying, generation, now);
     write_status(api, name, &status).await?;
-    events::warning(kit, backup, reason, &retrying).await;
+    kit.warning(backup, reason, &retrying).await;
     Err(error)
 }
 
@@ -288,11 +287,11 @@ async fn finalize(
                     catalog::delete(storage.store.as_ref(), path).await?;
                 }
                 let message = format!("deleted {} from BackupStorage '{}'", paths.join(" and "), storage.name);
-                events::normal(kit, backup, "DataDeleted", message).await;
+                kit.normal(backup, "DataDeleted", message).await;
             }
             Err(error) if error.reason() == "StorageNotFound" => {
                 let message = format!("{error}; {} stays in storage", paths.join(" and "));
-                events::warning(kit, backup, "DataNotDeleted", message).await;
+                kit.warning(backup, "DataNotDeleted", message).await;
             }
             Err(error) => return Err(error),
         }

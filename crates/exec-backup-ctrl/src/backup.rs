@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use stowage_api::{ArtifactStatus, ExecBackup, ExecPhase, ExecRunStatus, RetainPolicy};
 use stowage_core::template::TemplateVars;
 use stowage_core::{Artifact, BackupRequest, Compression, Progress, Recipients};
-use stowage_operator::conditions;
 use stowage_operator::podexec::{ExecOutcome, ExecPod, ExecPodParams, reason};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, status};
+use stowage_operator::{conditions, finalizer};
 use tokio::time::Instant;
 
 use crate::run::{self, AbortOnDrop, FINALIZER};
@@ -53,12 +53,8 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
     if backup.metadata.deletion_timestamp.is_some() {
         return delete_data(&backup, &api, &ctx).await;
     }
-    if backup.spec.retain_policy == RetainPolicy::Delete && !backup.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = backup.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        let patch = serde_json::json!({ "metadata": { "finalizers": finalizers } });
-        api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+    if backup.spec.retain_policy == RetainPolicy::Delete {
+        finalizer::add(&api, backup.as_ref(), FINALIZER).await?;
     }
     let mut state = backup.status.clone().unwrap_or_default();
     let generation = backup.metadata.generation;
@@ -129,7 +125,7 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
             state.bytes_transferred = Some(artifact.plaintext_bytes);
             state.artifact = Some(ArtifactStatus::new(storage_name, artifact));
             run::succeeded(&mut state, &message, generation, &ctx);
-            status::patch(&api, &backup.name_any(), &state).await?;
+            status::patch_final(&api, &backup.name_any(), &state).await?;
             ctx.normal(backup.as_ref(), "BackupSucceeded", message).await;
         }
         Err(failure) => {
@@ -137,7 +133,7 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
                 .run_finished(KIND, "Backup", failure.error.reason(), seconds);
             state.stderr_tail = failure.stderr_tail.filter(|tail| !tail.is_empty());
             run::failed(&mut state, &failure.error, generation, &ctx);
-            status::patch(&api, &backup.name_any(), &state).await?;
+            status::patch_final(&api, &backup.name_any(), &state).await?;
             ctx.warning(
                 backup.as_ref(),
                 "BackupFailed",
@@ -347,7 +343,7 @@ async fn interrupted(
         "the controller restarted during the run; the partial upload was abandoned and no artifact was recorded: create a new ExecBackup to retry",
     );
     run::failed(&mut state, &error, backup.metadata.generation, ctx);
-    status::patch(api, &backup.name_any(), &state).await?;
+    status::patch_final(api, &backup.name_any(), &state).await?;
     ctx.warning(backup, "BackupFailed", format!("Interrupted: {error}"))
         .await;
     Ok(Action::await_change())
@@ -355,7 +351,7 @@ async fn interrupted(
 
 /// `retainPolicy: Delete`: the artifact and its manifest go first, then the finalizer.
 async fn delete_data(backup: &ExecBackup, api: &Api<ExecBackup>, ctx: &Context) -> Result<Action> {
-    if !backup.finalizers().iter().any(|f| f == FINALIZER) {
+    if !finalizer::has(backup, FINALIZER) {
         return Ok(Action::await_change());
     }
     if let Some(artifact) = backup.status.as_ref().and_then(|s| s.artifact.as_ref()) {
@@ -382,14 +378,6 @@ async fn delete_data(backup: &ExecBackup, api: &Api<ExecBackup>, ctx: &Context) 
         )
         .await;
     }
-    let finalizers: Vec<String> = backup
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers } });
-    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    finalizer::remove(api, backup, FINALIZER).await?;
     Ok(Action::await_change())
 }

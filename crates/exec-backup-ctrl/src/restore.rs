@@ -133,7 +133,7 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<A
                 stowage_core::human_bytes(progress.plaintext.bytes())
             );
             run::succeeded(&mut state, &message, generation, &ctx);
-            status::patch(&api, &name, &state).await?;
+            status::patch_final(&api, &name, &state).await?;
             ctx.normal(restore.as_ref(), "RestoreSucceeded", message).await;
             Ok(Action::await_change())
         }
@@ -154,7 +154,7 @@ async fn fail(
 ) -> Result<Action> {
     state.stderr_tail = stderr_tail.filter(|tail| !tail.is_empty());
     run::failed(&mut state, &error, restore.metadata.generation, ctx);
-    status::patch(api, &restore.name_any(), &state).await?;
+    status::patch_final(api, &restore.name_any(), &state).await?;
     ctx.warning(restore, "RestoreFailed", format!("{}: {error}", error.reason()))
         .await;
     Ok(Action::await_change())

@@ -18,7 +18,7 @@ use stowage_operator::{Context, Error, Result};
 /// Label on every Pod this controller creates; its value is the run's kind.
 pub const RUN_LABEL: &str = "stowage.io/run";
 /// Finalizer of runs whose data is deleted with them (`retainPolicy: Delete`).
-pub const FINALIZER: &str = "stowage.io/delete-data";
+pub const FINALIZER: &str = stowage_operator::finalizer::DELETE_DATA;
 /// How long a run's Pod may take to start its container.
 pub const POD_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// A command's deadline when the spec gives none.

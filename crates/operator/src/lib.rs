@@ -10,6 +10,7 @@ pub mod admin;
 pub mod conditions;
 pub mod context;
 pub mod error;
+pub mod finalizer;
 pub mod leader;
 pub mod metrics;
 pub mod podexec;

@@ -135,7 +135,8 @@ where
         &args.namespace,
         Some(identity.clone()),
         metrics.clone(),
-    );
+    )
+    .watching(args.watch_namespace.clone());
     ctx.shutdown = controllers.clone();
     let ctx = Arc::new(ctx);
 
