@@ -11,7 +11,6 @@ use serde_json::Value;
 use crate::archive::{Archive, IndexEntry, describe};
 use crate::backup::{Served, is_generated};
 use crate::error::{Error, Result};
-use crate::plan::Step;
 use crate::restore::{Options, Report, api_for};
 use crate::selector::{ObjectInfo, Selection};
 
@@ -25,7 +24,6 @@ type Identity = (String, String, Option<String>, String);
 pub async fn run(
     client: &kube::Client,
     archive: &Archive,
-    _steps: &[Step],
     served: &[Served],
     options: &Options,
     report: &mut Report,

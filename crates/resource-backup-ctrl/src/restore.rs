@@ -128,7 +128,7 @@ pub async fn apply(client: &kube::Client, archive: &Archive, options: &Options) 
     };
     run.apply_steps(&steps).await;
     let pruned = if options.prune {
-        crate::prune::run(client, archive, &steps, &run.served, options, &mut run.report).await
+        crate::prune::run(client, archive, &run.served, options, &mut run.report).await
     } else {
         Ok(())
     };
