@@ -57,15 +57,7 @@ pub struct ResourceBackupSpec {
     pub retain_policy: RetainPolicy,
 }
 
-/// What happens to a backup's data when its object is deleted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum RetainPolicy {
-    /// Keep the data in storage.
-    #[default]
-    Retain,
-    /// Delete the data from storage, then the object.
-    Delete,
-}
+pub use crate::shared::RetainPolicy;
 
 /// Where a ResourceBackup is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
