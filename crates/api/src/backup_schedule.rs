@@ -164,7 +164,7 @@ pub struct RunTemplate {
     pub metadata: Option<TemplateMetadata>,
     /// The run's spec: that kind's spec, exactly as in a run you would create yourself.
     /// It is checked by the API server (a dry-run create) whenever the schedule changes.
-    #[schemars(schema_with = "any_object")]
+    #[schemars(schema_with = "crate::shared::any_object")]
     pub spec: serde_json::Value,
 }
 
@@ -232,14 +232,6 @@ pub struct TemplateMetadata {
     /// Annotations added to each run.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-}
-
-// A free-form object whose fields the API server keeps (the run kind's own CRD validates them).
-fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true
-    })
 }
 
 /// What the schedule last did.

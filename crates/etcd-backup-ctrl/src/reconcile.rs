@@ -15,6 +15,7 @@ use stowage_api::etcd_backup::{EtcdBackupProgress, RetainPolicy};
 use stowage_api::{ArtifactStatus, EtcdBackup, EtcdBackupPhase, EtcdBackupStatus};
 use stowage_core::{Progress, catalog, human_bytes};
 use stowage_operator::conditions::{self, to_time};
+use stowage_operator::finalizer;
 use stowage_operator::{Error as KitError, resolve_storage};
 
 use crate::backup::{self, BackupOutcome, KIND};
@@ -22,7 +23,7 @@ use crate::controller::EtcdContext;
 use crate::inputs::{self, Prepared};
 
 /// Makes deleting an EtcdBackup with retainPolicy Delete remove its data first.
-pub const FINALIZER: &str = "stowage.io/delete-data";
+pub const FINALIZER: &str = finalizer::DELETE_DATA;
 /// The condition every EtcdBackup carries.
 pub const READY: &str = "Ready";
 /// How often a running backup writes its progress into status.
@@ -37,9 +38,9 @@ pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<EtcdContext>) -> Result
         .ok_or_else(|| KitError::InvalidSpec("an EtcdBackup without a name".into()))?;
     let api: Api<EtcdBackup> = Api::all(ctx.kit.client.clone());
     if backup.metadata.deletion_timestamp.is_some() {
-        return finalize(&backup, &name, &api, &ctx).await;
+        return finalize(&backup, &api, &ctx).await;
     }
-    sync_finalizer(&backup, &name, &api).await?;
+    sync_finalizer(&backup, &api).await?;
     let status = backup.status.clone().unwrap_or_default();
     let changed_since = |status: &EtcdBackupStatus| status.observed_generation < backup.metadata.generation;
     match status.phase {
@@ -264,13 +265,8 @@ async fn fail(
 
 /// Deletion: with retainPolicy Delete, the data goes first (manifest before payload, so an
 /// interrupted delete leaves nothing that looks complete), then the finalizer.
-async fn finalize(
-    backup: &EtcdBackup,
-    name: &str,
-    api: &Api<EtcdBackup>,
-    ctx: &EtcdContext,
-) -> Result<Action, KitError> {
-    if !has_finalizer(backup) {
+async fn finalize(backup: &EtcdBackup, api: &Api<EtcdBackup>, ctx: &EtcdContext) -> Result<Action, KitError> {
+    if !finalizer::has(backup, FINALIZER) {
         return Ok(Action::await_change());
     }
     let kit = &ctx.kit;
@@ -296,41 +292,17 @@ async fn finalize(
             Err(error) => return Err(error),
         }
     }
-    set_finalizer(backup, name, api, false).await?;
+    finalizer::remove(api, backup, FINALIZER).await?;
     Ok(Action::await_change())
 }
 
-fn has_finalizer(backup: &EtcdBackup) -> bool {
-    backup
-        .metadata
-        .finalizers
-        .as_ref()
-        .is_some_and(|finalizers| finalizers.iter().any(|f| f == FINALIZER))
-}
-
 /// The finalizer is there exactly when retainPolicy is Delete.
-async fn sync_finalizer(backup: &EtcdBackup, name: &str, api: &Api<EtcdBackup>) -> Result<(), KitError> {
-    let wanted = backup.spec.retain_policy == RetainPolicy::Delete;
-    if has_finalizer(backup) != wanted {
-        set_finalizer(backup, name, api, wanted).await?;
+async fn sync_finalizer(backup: &EtcdBackup, api: &Api<EtcdBackup>) -> Result<(), KitError> {
+    if backup.spec.retain_policy == RetainPolicy::Delete {
+        finalizer::add(api, backup, FINALIZER).await
+    } else {
+        finalizer::remove(api, backup, FINALIZER).await
     }
-    Ok(())
-}
-
-async fn set_finalizer(backup: &EtcdBackup, name: &str, api: &Api<EtcdBackup>, present: bool) -> Result<(), KitError> {
-    let mut finalizers: Vec<String> = backup.metadata.finalizers.clone().unwrap_or_default();
-    finalizers.retain(|f| f != FINALIZER);
-    if present {
-        finalizers.push(FINALIZER.to_string());
-    }
-    // The resourceVersion makes the patch fail instead of dropping another controller's
-    // finalizer added in the meantime; the conflict is retried.
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": backup.metadata.resource_version,
-    }});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
 }
 
 /// Writes the whole status: fields that are unset are removed (a merge patch leaves out what

@@ -5,20 +5,21 @@
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use stowage_api::resource_backup::{ResourceBackupPhase, ResourceBackupStatus, RetainPolicy};
 use stowage_api::{ArtifactStatus, ResourceBackup, ResourceSet};
 use stowage_core::template::TemplateVars;
 use stowage_core::{BackupRequest, Recipients};
 use stowage_operator::conditions::to_time;
+use stowage_operator::finalizer;
 use stowage_operator::{Context, Error, Result, resolve_storage, status};
 
 use crate::reconcile::{CLUSTER, encryption_config, set_conditions, to_kit};
 
 const KIND: &str = "ResourceBackup";
 /// Finalizer of backups whose archive is deleted with them.
-pub const FINALIZER: &str = "stowage.io/delete-data";
+pub const FINALIZER: &str = finalizer::DELETE_DATA;
 
 pub async fn reconcile(backup: Arc<ResourceBackup>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<ResourceBackup> = Api::all(ctx.client.clone());
@@ -26,11 +27,8 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, ctx: Arc<Context>) -> Result
     if backup.metadata.deletion_timestamp.is_some() {
         return delete_data(&backup, &api, &ctx).await;
     }
-    if backup.spec.retain_policy == RetainPolicy::Delete && !backup.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = backup.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        let patch = serde_json::json!({ "metadata": { "finalizers": finalizers } });
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    if backup.spec.retain_policy == RetainPolicy::Delete {
+        finalizer::add(&api, backup.as_ref(), FINALIZER).await?;
     }
     let mut state = backup.status.clone().unwrap_or_default();
     let generation = backup.metadata.generation;
@@ -238,7 +236,7 @@ async fn finish_failed(
 
 /// `retainPolicy: Delete`: the archive goes first (data before record), then the finalizer.
 async fn delete_data(backup: &ResourceBackup, api: &Api<ResourceBackup>, ctx: &Context) -> Result<Action> {
-    if !backup.finalizers().iter().any(|f| f == FINALIZER) {
+    if !finalizer::has(backup, FINALIZER) {
         return Ok(Action::await_change());
     }
     if let Some(artifact) = backup.status.as_ref().and_then(|s| s.artifact.as_ref()) {
@@ -251,14 +249,6 @@ async fn delete_data(backup: &ResourceBackup, api: &Api<ResourceBackup>, ctx: &C
         )
         .await;
     }
-    let finalizers: Vec<String> = backup
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = serde_json::json!({ "metadata": { "finalizers": finalizers } });
-    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    finalizer::remove(api, backup, FINALIZER).await?;
     Ok(Action::await_change())
 }
