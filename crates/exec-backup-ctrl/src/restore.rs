@@ -48,6 +48,12 @@ struct Source {
 pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = restore.namespace().unwrap_or_default();
     let api: Api<ExecRestore> = Api::namespaced(ctx.client.clone(), &namespace);
+    if restore.status.as_ref().is_some_and(|s| matches!(s.phase, ExecPhase::Succeeded | ExecPhase::Failed)) {
+        return Ok(Action::await_change());
+    }
+    let Some(restore) = status::latest(&api, restore.as_ref()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let mut state = restore.status.clone().unwrap_or_default();
     let generation = restore.metadata.generation;
     let name = restore.name_any();

@@ -25,6 +25,19 @@ where
         .await?)
 }
 
+/// The object as the API server has it now; `None` when it is gone.
+///
+/// A reconcile starts from the informer's cache, which can lag behind the server: right after a
+/// reconcile finished a run, the one queued by that run's own status writes may still find it
+/// Pending (and start it again) or Running (and declare it interrupted). Reconcilers therefore
+/// read the object afresh before acting on a phase that is not final.
+pub async fn latest<K>(api: &Api<K>, object: &K) -> Result<Option<K>>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(&kube::ResourceExt::name_any(object)).await?)
+}
+
 /// Writes the status that records a run's outcome, retrying a busy or unreachable API server
 /// for about a minute (0.5 s doubling): losing this write would leave a finished run looking
 /// interrupted, or a stored artifact unrecorded.

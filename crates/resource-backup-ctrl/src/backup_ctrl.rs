@@ -30,6 +30,13 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, ctx: Arc<Context>) -> Result
     if backup.spec.retain_policy == RetainPolicy::Delete {
         finalizer::add(&api, backup.as_ref(), FINALIZER).await?;
     }
+    let status = backup.status.as_ref();
+    if status.is_some_and(|s| matches!(s.phase, ResourceBackupPhase::Succeeded | ResourceBackupPhase::Failed)) {
+        return Ok(Action::await_change());
+    }
+    let Some(backup) = status::latest(&api, backup.as_ref()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let mut state = backup.status.clone().unwrap_or_default();
     let generation = backup.metadata.generation;
     state.observed_generation = generation;

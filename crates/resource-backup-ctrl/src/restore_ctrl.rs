@@ -25,6 +25,18 @@ const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn reconcile(object: Arc<ResourceRestore>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<ResourceRestore> = Api::all(ctx.client.clone());
     let name = object.name_any();
+    let status = object.status.as_ref();
+    if status.is_some_and(|s| {
+        matches!(
+            s.phase,
+            ResourceRestorePhase::Succeeded | ResourceRestorePhase::PartiallyFailed | ResourceRestorePhase::Failed
+        )
+    }) {
+        return Ok(Action::await_change());
+    }
+    let Some(object) = status::latest(&api, object.as_ref()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let mut state = object.status.clone().unwrap_or_default();
     let generation = object.metadata.generation;
     state.observed_generation = generation;
