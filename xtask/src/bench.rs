@@ -12,16 +12,25 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use stowage_core::testing::{Generated, Pattern, S3Server};
 
-// `bench exec` lives in its own file beside this one.
+// Each controller's bench lives in its own file beside this one.
+#[path = "bench_etcd.rs"]
+mod etcd;
 #[path = "bench_exec.rs"]
 mod exec;
+#[path = "bench_resources.rs"]
+mod resources;
+#[path = "bench_scheduler.rs"]
+mod scheduler;
 
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     match args.first().map(String::as_str) {
         Some("pipeline") => pipeline(quick),
         Some("exec") => exec::run(quick),
-        _ => bail!("usage: cargo xtask bench pipeline|exec [--quick]"),
+        Some("resources") => resources::run(quick),
+        Some("scheduler") => scheduler::run(quick),
+        Some("etcd") => etcd::run(quick),
+        _ => bail!("usage: cargo xtask bench pipeline|exec|resources|scheduler|etcd [--quick]"),
     }
 }
 

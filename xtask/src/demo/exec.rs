@@ -1,60 +1,29 @@
-//! `cargo xtask demo`: the main job on a local test bed and a local Filesystem storage, with no
-//! cloud account and no existing cluster.
-//!
-//! It starts the test bed (building the control plane the first time, ~12 minutes) and a real
-//! PostgreSQL server with an `orders` table, runs exec-backup-ctrl, applies the files of
-//! `examples/postgres-local` (a Filesystem BackupStorage, an ExecBackup running `pg_dump`
-//! through gzip and age, then an ExecRestore through `psql`) with the demo's own age key and
-//! storage directory, drops the table in between, and prints what happened. `--keep` leaves
-//! the bed running.
+//! The exec step: a real PostgreSQL server with an `orders` table, exec-backup-ctrl, and the
+//! files of `examples/postgres-local` (a Filesystem BackupStorage, an ExecBackup running
+//! `pg_dump` through gzip and age, then an ExecRestore through `psql`) applied with the demo's
+//! own age key and storage directory; the table is dropped in between.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::core::DynamicObject;
+use kube::api::Api;
 use kube::discovery::Discovery;
-use serde::Deserialize as _;
 use serde_json::json;
 use stowage_api::{ExecBackup, ExecPhase, ExecRestore};
 use stowage_core::human_bytes;
 use stowage_e2e::bed::{TestBed, wait_for};
 use stowage_e2e::databases::{PostgresServer, SAMPLE_TABLE};
 
+use super::{Demo, apply, create_secret, file_name, fresh_namespace, scenario_files};
+
 const NAMESPACE: &str = "stowage-demo";
 const SCENARIO: &str = "examples/postgres-local";
 const ROWS: u32 = 20_000;
 
-pub fn run(args: Vec<String>) -> anyhow::Result<()> {
-    let keep = args.iter().any(|a| a == "--keep");
-    crate::deps::ensure_packages()?;
-    eprintln!("==> starting the test bed (the first run builds kube-apiserver from Debian sources: ~12 minutes)");
-    let info = crate::envtest::start()?;
-    let result = tokio::runtime::Runtime::new()?.block_on(async {
-        let bed = TestBed::connect(info.clone()).await?;
-        tour(&bed).await
-    });
-    if keep {
-        eprintln!(
-            "the test bed keeps running: export KUBECONFIG={}; stop it with `cargo xtask envtest stop`",
-            info.kubeconfig.display()
-        );
-        result
-    } else {
-        let stopped = crate::envtest::stop();
-        result.and(stopped)
-    }
-}
-
-async fn tour(bed: &TestBed) -> anyhow::Result<()> {
+pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
     let client = bed.client();
-    let root = crate::deps::workspace_root();
-    let demo_dir = root.join("target/stowage-demo");
-    let store_dir = demo_dir.join("store");
-    std::fs::create_dir_all(&store_dir)?;
+    let store_dir = &demo.store_dir;
 
     eprintln!("==> a PostgreSQL server with {ROWS} orders");
     let database = PostgresServer::start()?;
@@ -62,7 +31,7 @@ async fn tour(bed: &TestBed) -> anyhow::Result<()> {
     let before = database.checksum(database.database())?;
 
     eprintln!("==> exec-backup-ctrl, watching namespace {NAMESPACE}");
-    fresh_namespace(&client).await?;
+    fresh_namespace(&client, NAMESPACE).await?;
     let metrics = Arc::new(stowage_operator::Metrics::new()?);
     let ctx = Arc::new(
         stowage_operator::Context::new(client.clone(), "exec-backup-ctrl", NAMESPACE, None, metrics)
@@ -76,22 +45,28 @@ async fn tour(bed: &TestBed) -> anyhow::Result<()> {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     let identity_text = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_string();
-    let key_file = demo_dir.join("demo-key.txt");
+    let key_file = demo.dir.join("demo-key.txt");
     std::fs::write(&key_file, format!("{identity_text}\n"))?;
     let env: serde_json::Map<String, serde_json::Value> = database
         .env()
         .into_iter()
         .map(|(key, value)| (key, value.into()))
         .collect();
-    create_secret(&client, "postgres-credentials", serde_json::Value::Object(env)).await?;
-    create_secret(&client, "backup-key", json!({ "key.txt": identity_text })).await?;
+    create_secret(
+        &client,
+        NAMESPACE,
+        "postgres-credentials",
+        serde_json::Value::Object(env),
+    )
+    .await?;
+    create_secret(&client, NAMESPACE, "backup-key", json!({ "key.txt": identity_text })).await?;
 
     eprintln!("==> applying {SCENARIO} (storage path and recipient replaced by the demo's)");
-    let files = scenario_files(&root.join(SCENARIO))?;
+    let files = scenario_files(&demo.root.join(SCENARIO))?;
     let discovery = Discovery::new(client.clone()).run().await?;
     let started = Instant::now();
     for file in files.iter().filter(|f| !file_name(f).starts_with("20-")) {
-        apply(&client, &discovery, file, &store_dir, &recipient).await?;
+        apply(&client, &discovery, file, NAMESPACE, store_dir, &recipient).await?;
     }
     let backups: Api<ExecBackup> = Api::namespaced(client.clone(), NAMESPACE);
     let backup = wait_for("ExecBackup orders to finish", || async {
@@ -121,7 +96,7 @@ async fn tour(bed: &TestBed) -> anyhow::Result<()> {
     database.psql(&format!("DROP TABLE {SAMPLE_TABLE}"))?;
     let started = Instant::now();
     for file in files.iter().filter(|f| file_name(f).starts_with("20-")) {
-        apply(&client, &discovery, file, &store_dir, &recipient).await?;
+        apply(&client, &discovery, file, NAMESPACE, store_dir, &recipient).await?;
     }
     let restores: Api<ExecRestore> = Api::namespaced(client.clone(), NAMESPACE);
     let restore = wait_for("ExecRestore orders-restore to finish", || async {
@@ -186,97 +161,5 @@ async fn tour(bed: &TestBed) -> anyhow::Result<()> {
     ctx.shutdown.cancel();
     let _ = controller.await;
     let _ = storages.await;
-    Ok(())
-}
-
-/// Recreates the demo namespace and waits for its default ServiceAccount token (Pods need it).
-async fn fresh_namespace(client: &kube::Client) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(NAMESPACE).await?.is_some() {
-        namespaces.delete(NAMESPACE, &DeleteParams::default()).await?;
-        wait_for("the previous demo namespace to go", || async {
-            Ok(namespaces.get_opt(NAMESPACE).await?.is_none().then_some(()))
-        })
-        .await?;
-    }
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?,
-        )
-        .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
-    wait_for("the namespace's default ServiceAccount token", || async {
-        Ok(accounts
-            .get_opt("default")
-            .await?
-            .and_then(|a| a.secrets)
-            .is_some_and(|s| !s.is_empty())
-            .then_some(()))
-    })
-    .await
-}
-
-async fn create_secret(client: &kube::Client, name: &str, data: serde_json::Value) -> anyhow::Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let secret: Secret = serde_json::from_value(json!({ "metadata": { "name": name }, "stringData": data }))?;
-    secrets.create(&PostParams::default(), &secret).await?;
-    Ok(())
-}
-
-fn scenario_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
-}
-
-/// Server-side applies every object of `file` in the demo namespace, with the storage path
-/// and the encryption recipients replaced by the demo's own.
-async fn apply(
-    client: &kube::Client,
-    discovery: &Discovery,
-    file: &Path,
-    store_dir: &Path,
-    recipient: &str,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file)?;
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let mut value = serde_json::Value::deserialize(document)?;
-        if value.is_null() {
-            continue;
-        }
-        if value["kind"] == "BackupStorage" {
-            value["spec"]["filesystem"]["path"] = json!(store_dir);
-        }
-        if value["spec"]["encryption"]["recipients"].is_array() {
-            value["spec"]["encryption"]["recipients"] = json!([recipient]);
-        }
-        let object: DynamicObject = serde_json::from_value(value)?;
-        let gvk = object.types.as_ref().context("an object without apiVersion/kind")?;
-        let gvk = kube::core::GroupVersionKind::try_from(gvk)?;
-        let (resource, capabilities) = discovery
-            .resolve_gvk(&gvk)
-            .with_context(|| format!("{gvk:?} is not served"))?;
-        let name = object.metadata.name.clone().context("an object without a name")?;
-        let api: Api<DynamicObject> = match capabilities.scope {
-            kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
-            kube::discovery::Scope::Namespaced => Api::namespaced_with(client.clone(), NAMESPACE, &resource),
-        };
-        api.patch(
-            &name,
-            &PatchParams::apply("stowage-demo").force(),
-            &Patch::Apply(&object),
-        )
-        .await?;
-        eprintln!("    applied {} {name} from {}", gvk.kind, file_name(file));
-    }
     Ok(())
 }
