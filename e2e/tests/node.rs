@@ -140,6 +140,59 @@ async fn exec_reports_the_exit_code_of_a_failing_command() -> anyhow::Result<()>
     .await
 }
 
+/// kubectl itself (WebSocket, v5.channel.k8s.io): it exits 0 only when the node ends the stream
+/// with a normal close, and passes on stdin, stdout, stderr and a failing command's exit code.
+#[tokio::test]
+async fn kubectl_exec_exits_with_the_commands_code_and_prints_its_output() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    let kubeconfig = bed.kubeconfig_path().to_path_buf();
+    bed.with_namespace("node-kubectl", |client, ns| async move {
+        idle_pod(&client, &ns).await?;
+        let kubectl_exec = |stdin: &'static [u8], script: &'static str| {
+            let (kubeconfig, ns) = (kubeconfig.clone(), ns.clone());
+            async move {
+                let mut child = tokio::process::Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["exec", "-i", "-n", &ns, "idle", "--", "sh", "-c", script])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| anyhow::anyhow!("running kubectl (apt-get install kubernetes-client): {e}"))?;
+                let mut input = child.stdin.take().expect("stdin is piped");
+                input.write_all(stdin).await?;
+                drop(input);
+                anyhow::Ok(child.wait_with_output().await?)
+            }
+        };
+
+        let output = kubectl_exec(b"through kubectl\n", "tr a-z A-Z; echo to-stderr >&2").await?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "kubectl exec: stdout {stdout:?}, stderr {stderr:?}"
+        );
+        assert_eq!(stdout, "THROUGH KUBECTL\n");
+        assert_eq!(stderr, "to-stderr\n");
+
+        let output = kubectl_exec(b"", "echo partial; exit 3").await?;
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "partial\n");
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "kubectl exec of `exit 3`: stderr {:?}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn exec_streams_100_mib_of_stdout() -> anyhow::Result<()> {
     const SIZE: u64 = 100 * 1024 * 1024;

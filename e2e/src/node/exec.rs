@@ -22,7 +22,8 @@ use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self as ws, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -303,10 +304,17 @@ async fn send_batch(
     sink.flush().await
 }
 
+/// Sends the status, then a normal close (code 1000): kubectl (1.29+, WebSocket) reports a close
+/// without a code as an abnormal end and exits 1 even when the command succeeded.
 async fn finish(sink: &mut SplitSink<Socket, Message>, status: Option<Message>) -> Result<(), ws::Error> {
     if let Some(status) = status {
         sink.send(status).await?;
     }
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    sink.send(Message::Close(Some(normal))).await?;
     sink.close().await
 }
 
