@@ -294,8 +294,11 @@ async fn invalid_schedules_time_zones_templates_and_kinds_create_no_runs() {
 
         // An unknown kind never gets in: the CRD's enum refuses it.
         let unknown = json!({"schedule": "@daily", "template": {"kind": "PodBackup", "spec": {}}});
-        let error = create_schedule(&client, &namespace, "unknown", unknown).await;
-        assert!(error.is_err(), "a schedule of an unknown kind was accepted");
+        let error = create_schedule(&client, &namespace, "unknown", unknown)
+            .await
+            .expect_err("a schedule of an unknown kind was accepted");
+        let error = format!("{error:#}");
+        assert!(error.contains("PodBackup") && error.contains("ExecBackup"), "{error}");
 
         for name in ["cron", "zone"] {
             assert!(
@@ -422,6 +425,81 @@ async fn the_manual_trigger_creates_a_cluster_scoped_run_from_the_controller_nam
         api.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&selector))
             .await?;
         result?;
+        scheduler.stop().await
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn gfs_retention_over_synthetic_completed_runs_keeps_what_restic_would() {
+    let bed = bed().await.unwrap();
+    install_crds(&bed.client()).await.unwrap();
+    bed.with_namespace("sched-gfs", |client, namespace| async move {
+        // Ten daily runs, 2026-01-11 to 01-20 at 12:00 UTC (the 19th is a Monday), one
+        // pinned, and two failed ones; all finished before the schedule exists, so the
+        // scheduler decides once, over the whole history.
+        let api = runs::api(&client, RunKind::ExecBackup, &namespace);
+        let day = |d: u32| format!("2026-01-{d:02}T12:00:00Z");
+        let mut history: Vec<(String, String, &str)> = (11..=20)
+            .map(|d| (format!("gfs-day{d}"), day(d), "Succeeded"))
+            .collect();
+        history.push(("gfs-failed14".into(), "2026-01-14T13:00:00Z".into(), "Failed"));
+        history.push(("gfs-failed15".into(), "2026-01-15T13:00:00Z".into(), "Failed"));
+        for (name, completed, phase) in &history {
+            let mut labels = json!({"stowage.io/schedule": "gfs"});
+            if name == "gfs-day12" {
+                labels["stowage.io/keep"] = json!("true");
+            }
+            let mut run: kube::api::DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "stowage.io/v1alpha1", "kind": "ExecBackup",
+                "metadata": {"name": name, "labels": labels},
+                "spec": exec_template()["spec"],
+            }))?;
+            run.metadata.namespace = Some(namespace.clone());
+            api.create(&Default::default(), &run).await?;
+            let status = json!({"status": {"phase": phase, "completionTime": completed}});
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+        }
+
+        let scheduler = Scheduler::start(&client, &namespace, "stowage-system", None).await?;
+        let spec = json!({"schedule": "@yearly", "failedRunsHistoryLimit": 1,
+            "retention": {"keepDaily": 3, "keepWeekly": 2, "keepMonthly": 2},
+            "template": exec_template()});
+        create_schedule(&client, &namespace, "gfs", spec).await?;
+        // restic forget --keep-daily 3 --keep-weekly 2 --keep-monthly 2 on this history:
+        // daily keeps the 20th, 19th, 18th; weekly the 20th (week of the 19th) and the 18th
+        // (week of the 12th); monthly the 20th (January) and, with a count left, the
+        // oldest run, the 11th. The pinned 12th and the newest failed run stay too.
+        let expected: Vec<String> = [
+            "gfs-day11",
+            "gfs-day12",
+            "gfs-day18",
+            "gfs-day19",
+            "gfs-day20",
+            "gfs-failed15",
+        ]
+        .map(String::from)
+        .to_vec();
+        wait_for("retention to leave what restic's forget would", || async {
+            let runs = list_runs(&client, RunKind::ExecBackup, &namespace, "gfs").await?;
+            let names: Vec<String> = runs.iter().map(|r| r.name_any()).collect();
+            Ok((names == expected).then_some(()))
+        })
+        .await?;
+        let message = wait_event(&client, &namespace, "gfs", "RunsDeleted").await?;
+        assert!(message.contains("retention"), "{message}");
+        for deleted in ["gfs-day13", "gfs-day17", "gfs-failed14"] {
+            assert!(message.contains(deleted), "{message}");
+        }
+        let status = get_schedule(&client, &namespace, "gfs").await?.status.unwrap();
+        assert_eq!(
+            status.last_successful_time,
+            Some(to_time(
+                DateTime::parse_from_rfc3339(&day(20)).unwrap().with_timezone(&Utc),
+            ))
+        );
         scheduler.stop().await
     })
     .await

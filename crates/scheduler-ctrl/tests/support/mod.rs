@@ -1,6 +1,8 @@
 //! What the scheduler's e2e tests share: an in-process scheduler, and helpers that create
 //! schedules, read runs, play the run kind's controller and wait for Events and conditions.
 #![allow(clippy::unwrap_used)]
+// Each test binary uses its own part of these helpers.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
