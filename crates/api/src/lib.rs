@@ -16,6 +16,9 @@ pub mod resource_backup;
 pub mod resource_restore;
 pub mod resource_set;
 pub mod shared;
+pub mod snapshot_storage;
+pub mod volume_backup;
+pub mod volume_restore;
 
 pub use backup_schedule::{
     BackupSchedule, BackupScheduleSpec, BackupScheduleStatus, ConcurrencyPolicy, Retention, RunKind, RunReference,
@@ -32,6 +35,14 @@ pub use resource_restore::{ResourceRestore, ResourceRestorePhase, ResourceRestor
 pub use resource_set::{ResourceSet, ResourceSetSpec};
 pub use shared::{
     Algorithm, Artifact, ArtifactStatus, Compression, Encryption, RetainPolicy, SecretKeyRef, StorageRef,
+};
+pub use volume_backup::{
+    ApplicationKind, ApplicationRef, PodHookStatus, VolumeBackup, VolumeBackupPhase, VolumeBackupSpec,
+    VolumeBackupStatus, VolumeCopy, VolumeStatus,
+};
+pub use volume_restore::{
+    RestoreSource, RestoreTarget, RestoredVolume, VolumeRestore, VolumeRestorePhase, VolumeRestoreSpec,
+    VolumeRestoreStatus,
 };
 
 /// The API group of every Stowage kind.
@@ -51,5 +62,7 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         ResourceSet::crd(),
         ResourceBackup::crd(),
         ResourceRestore::crd(),
+        VolumeBackup::crd(),
+        VolumeRestore::crd(),
     ]
 }

@@ -1,0 +1,24 @@
+//! The volume snapshot controller: a VolumeBackup freezes an application through its Pods'
+//! hooks, cuts one CSI VolumeSnapshot per PVC, thaws it at once, waits for the snapshots and
+//! optionally copies each one's files through stowage-core into a BackupStorage; a
+//! VolumeRestore makes new PVCs from them and re-points the workload.
+
+mod backup;
+mod restore;
+
+use std::sync::Arc;
+
+use stowage_operator::Context;
+
+/// Runs both controllers until `ctx.shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
+    // BackupStorages are cluster-wide: a controller confined to one namespace leaves their
+    // probing to the cluster-wide ones.
+    let storages = async {
+        if ctx.watch_namespace.is_none() {
+            stowage_operator::storage_status::run(ctx.clone()).await;
+        }
+    };
+    tokio::join!(storages, backup::run(ctx.clone()), restore::run(ctx.clone()));
+    Ok(())
+}
