@@ -1,0 +1,148 @@
+//! The status of a VolumeBackup: one condition per step, plus Ready and Failed for the whole.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::ResourceExt;
+use stowage_api::{VolumeBackupPhase, VolumeBackupStatus, VolumeStatus};
+use stowage_operator::Error;
+use stowage_operator::conditions::{self, to_time};
+
+/// The steps of a backup, each a condition type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// True while the application may be frozen (pre-hooks started, post-hooks not yet run).
+    Frozen,
+    /// Every snapshot has its cut point.
+    SnapshotsCreated,
+    /// The post-hooks ran.
+    Thawed,
+    /// Every snapshot is ready to use.
+    SnapshotsReady,
+    /// Every snapshot's files are in storage (with `copy`).
+    Copied,
+}
+
+impl Step {
+    fn condition(self) -> &'static str {
+        match self {
+            Step::Frozen => "Frozen",
+            Step::SnapshotsCreated => "SnapshotsCreated",
+            Step::Thawed => "Thawed",
+            Step::SnapshotsReady => "SnapshotsReady",
+            Step::Copied => "Copied",
+        }
+    }
+}
+
+/// Sets the condition of `step`.
+pub fn set(
+    state: &mut VolumeBackupStatus,
+    step: Step,
+    value: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    conditions::set(
+        &mut state.conditions,
+        step.condition(),
+        value,
+        reason,
+        message,
+        generation,
+        now,
+    );
+}
+
+/// True when `step`'s condition is True.
+pub fn is_true(state: &VolumeBackupStatus, step: Step) -> bool {
+    conditions::is_true(&state.conditions, step.condition())
+}
+
+/// The status record of a claim, with what a restore needs to recreate it.
+pub fn volume_of(claim: &PersistentVolumeClaim) -> VolumeStatus {
+    let spec = claim.spec.as_ref();
+    VolumeStatus {
+        pvc: claim.name_any(),
+        storage_class_name: spec.and_then(|s| s.storage_class_name.clone()),
+        access_modes: spec.and_then(|s| s.access_modes.clone()).unwrap_or_default(),
+        capacity: spec
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage").cloned()),
+        ..VolumeStatus::default()
+    }
+}
+
+/// Running, with the start time.
+pub fn started(state: &mut VolumeBackupStatus, generation: Option<i64>, now: DateTime<Utc>) {
+    state.phase = VolumeBackupPhase::Running;
+    state.start_time = Some(to_time(now));
+    state.observed_generation = generation;
+    conditions::set(
+        &mut state.conditions,
+        "Ready",
+        false,
+        "Running",
+        "the backup is in progress",
+        generation,
+        now,
+    );
+}
+
+/// Succeeded.
+pub fn succeeded(state: &mut VolumeBackupStatus, message: &str, generation: Option<i64>, now: DateTime<Utc>) {
+    state.phase = VolumeBackupPhase::Succeeded;
+    state.completion_time = Some(to_time(now));
+    state.observed_generation = generation;
+    conditions::set(
+        &mut state.conditions,
+        "Ready",
+        true,
+        "Succeeded",
+        message,
+        generation,
+        now,
+    );
+}
+
+/// Failed with `error`'s reason.
+pub fn failed(state: &mut VolumeBackupStatus, error: &Error, generation: Option<i64>, now: DateTime<Utc>) {
+    state.phase = VolumeBackupPhase::Failed;
+    state.completion_time = Some(to_time(now));
+    state.observed_generation = generation;
+    let message = error.to_string();
+    conditions::set(
+        &mut state.conditions,
+        "Ready",
+        false,
+        error.reason(),
+        &message,
+        generation,
+        now,
+    );
+    conditions::set(
+        &mut state.conditions,
+        "Failed",
+        true,
+        error.reason(),
+        message,
+        generation,
+        now,
+    );
+}
+
+/// Still Pending: something it needs is missing (retried).
+pub fn waiting(state: &mut VolumeBackupStatus, error: &Error, generation: Option<i64>, now: DateTime<Utc>) {
+    state.observed_generation = generation;
+    conditions::set(
+        &mut state.conditions,
+        "Ready",
+        false,
+        error.reason(),
+        error.to_string(),
+        generation,
+        now,
+    );
+}
