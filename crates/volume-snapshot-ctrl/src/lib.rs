@@ -4,7 +4,16 @@
 //! VolumeRestore makes new PVCs from them and re-points the workload.
 
 mod backup;
+mod backup_cleanup;
+mod backup_snapshots;
+mod backup_status;
+mod copy;
+mod hooks;
+mod names;
 mod restore;
+mod targets;
+
+pub use backup::FINALIZER;
 
 use std::sync::Arc;
 
