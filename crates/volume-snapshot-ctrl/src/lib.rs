@@ -11,6 +11,10 @@ mod copy;
 mod hooks;
 mod names;
 mod restore;
+mod restore_checks;
+mod restore_fill;
+mod restore_plan;
+mod restore_workload;
 mod targets;
 
 pub use backup::FINALIZER;

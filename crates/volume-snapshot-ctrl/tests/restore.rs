@@ -1,0 +1,348 @@
+#![allow(clippy::unwrap_used)]
+//! VolumeRestore end to end: the controller in-process against the real apiserver, workloads
+//! run by the node simulator, volumes and snapshots by the CSI simulator (host directories,
+//! so the tests read the data where it lies).
+
+mod restore_support;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::Api;
+use restore_support::*;
+use serde_json::json;
+use stowage_api::VolumeRestorePhase;
+use stowage_e2e::{bed, wait_for};
+
+/// The files the application wrote before the backup.
+const BEFORE: &[(&str, &str)] = &[("records/1", "one\n"), ("records/2", "two\n"), ("state", "v1\n")];
+
+#[tokio::test]
+async fn a_snapshot_restore_moves_the_deployment_onto_a_new_pvc_and_deletes_the_old_one() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-snapshot", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let old_dir = pvc(&client, &ns, "data").await?;
+        write_files(&old_dir, BEFORE)?;
+        deployment(&client, &ns, "app", "data").await?;
+        backup(
+            &client,
+            &ns,
+            "nightly",
+            json!({ "applicationRef": { "kind": "Deployment", "name": "app" } }),
+        )
+        .await?;
+        // Written after the backup: must not come back.
+        write_files(&old_dir, &[("state", "v2\n"), ("records/3", "three\n")])?;
+
+        create_restore(
+            &client,
+            &ns,
+            "back-to-nightly",
+            json!({
+                "volumeBackupName": "nightly",
+                "target": { "applicationRef": { "kind": "Deployment", "name": "app" } },
+                "deleteOldPVCs": true,
+            }),
+        )
+        .await?;
+        let restore = finished_restore(&client, &ns, "back-to-nightly").await?;
+        let state = restore.status.clone().unwrap();
+        assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
+        assert_eq!(state.previous_replicas, Some(1));
+        let short_id: String = restore.metadata.uid.clone().unwrap().chars().take(5).collect();
+        let new_pvc = format!("data-restored-{short_id}");
+        assert_eq!(state.volumes.len(), 1);
+        assert_eq!(state.volumes[0].source_pvc, "data");
+        assert_eq!(state.volumes[0].pvc, new_pvc);
+        assert!(
+            state.volumes[0].restored && state.volumes[0].volume_snapshot.is_some(),
+            "{state:#?}"
+        );
+        for step in [
+            "Checked",
+            "ScaledDown",
+            "PVCsCreated",
+            "Repointed",
+            "ScaledUp",
+            "OldPVCsDeleted",
+            "Ready",
+        ] {
+            assert_eq!(condition(&state.conditions, step).0, "True", "{step}: {state:#?}");
+        }
+
+        // The Deployment and its running Pod mount the new claim, which holds the backed-up data.
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
+        let volumes = deployment.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+        assert_eq!(volumes[0].persistent_volume_claim.as_ref().unwrap().claim_name, new_pvc);
+        wait_ready(&client, &ns, "Deployment", "app", 1).await?;
+        assert_eq!(mounted_claims(&client, &ns, "app").await?, vec![new_pvc.clone()]);
+        let new_dir = volume_dir(&client, &ns, &new_pvc).await?;
+        let expected: std::collections::BTreeMap<String, String> =
+            BEFORE.iter().map(|(p, c)| (p.to_string(), c.to_string())).collect();
+        assert_eq!(files(&new_dir), expected);
+
+        // deleteOldPVCs: the old claim goes.
+        wait_for("the old PVC to be deleted", || async {
+            Ok((pvc_names(&client, &ns).await? == [new_pvc.clone()]).then_some(()))
+        })
+        .await?;
+        let reasons = event_reasons(&client, &ns, "back-to-nightly").await?;
+        for reason in [
+            "RestoreStarted",
+            "ScaledDown",
+            "PVCsCreated",
+            "Repointed",
+            "ScaledUp",
+            "OldPVCsDeleted",
+            "RestoreSucceeded",
+        ] {
+            assert!(
+                reasons.contains(&reason.to_string()),
+                "{reason} missing from {reasons:?}"
+            );
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn without_a_target_only_the_pvcs_are_created() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-pvcs-only", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let old_dir = pvc(&client, &ns, "data").await?;
+        write_files(&old_dir, BEFORE)?;
+        deployment(&client, &ns, "app", "data").await?;
+        backup(&client, &ns, "nightly", json!({ "pvcNames": ["data"] })).await?;
+        write_files(&old_dir, &[("state", "v2\n")])?;
+        let before = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
+
+        create_restore(
+            &client,
+            &ns,
+            "side-by-side",
+            json!({ "volumeBackupName": "nightly", "pvcNameTemplate": "<pvc>-yesterday" }),
+        )
+        .await?;
+        let restore = finished_restore(&client, &ns, "side-by-side").await?;
+        let state = restore.status.clone().unwrap();
+        assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
+        assert_eq!(state.volumes[0].pvc, "data-yesterday");
+        assert_eq!(state.previous_replicas, None);
+        assert_eq!(condition(&state.conditions, "PVCsCreated").0, "True");
+        assert_eq!(condition(&state.conditions, "ScaledDown").0, "");
+        let new_dir = volume_dir(&client, &ns, "data-yesterday").await?;
+        assert_eq!(files(&new_dir).get("state").map(String::as_str), Some("v1\n"));
+        assert_eq!(files(&old_dir).get("state").map(String::as_str), Some("v2\n"));
+
+        // The application was not touched.
+        let after = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
+        assert_eq!(after.metadata.generation, before.metadata.generation);
+        assert_eq!(mounted_claims(&client, &ns, "app").await?, ["data"]);
+        assert_eq!(pvc_names(&client, &ns).await?, ["data", "data-yesterday"]);
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_taken_pvc_name_refuses_the_restore_and_changes_nothing() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-taken", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let old_dir = pvc(&client, &ns, "data").await?;
+        write_files(&old_dir, BEFORE)?;
+        deployment(&client, &ns, "app", "data").await?;
+        backup(
+            &client,
+            &ns,
+            "nightly",
+            json!({ "applicationRef": { "kind": "Deployment", "name": "app" } }),
+        )
+        .await?;
+        pvc(&client, &ns, "data-copy").await?;
+        let before = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
+
+        create_restore(
+            &client,
+            &ns,
+            "clash",
+            json!({
+                "volumeBackupName": "nightly",
+                "pvcNameTemplate": "<pvc>-copy",
+                "target": { "applicationRef": { "kind": "Deployment", "name": "app" } },
+                "deleteOldPVCs": true,
+            }),
+        )
+        .await?;
+        let restore = finished_restore(&client, &ns, "clash").await?;
+        let state = restore.status.clone().unwrap();
+        assert_eq!(state.phase, VolumeRestorePhase::Failed, "{state:#?}");
+        let (status, reason, message) = condition(&state.conditions, "Checked");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "PVCNameTaken"),
+            "{message}"
+        );
+        assert!(message.contains("'data-copy' already exists"), "{message}");
+        let (_, ready_reason, ready_message) = condition(&state.conditions, "Ready");
+        assert_eq!(ready_reason, "PVCNameTaken");
+        assert!(ready_message.contains("nothing was changed"), "{ready_message}");
+        assert_eq!(state.previous_replicas, None);
+        let reasons = event_reasons(&client, &ns, "clash").await?;
+        assert!(reasons.contains(&"RestoreRefused".to_string()), "{reasons:?}");
+
+        // Nothing changed: same Deployment spec, its Pod still on the old claim, no new claims.
+        let after = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
+        assert_eq!(after.metadata.generation, before.metadata.generation);
+        assert_eq!(after.spec, before.spec);
+        assert_eq!(mounted_claims(&client, &ns, "app").await?, ["data"]);
+        assert_eq!(pvc_names(&client, &ns).await?, ["data", "data-copy"]);
+        assert_eq!(files(&old_dir).len(), BEFORE.len());
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_statefulset_with_two_replicas_is_restored_onto_two_new_pvcs() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-statefulset", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        statefulset(&client, &ns, "db", 2).await?;
+        let dirs = [
+            volume_dir(&client, &ns, "data-db-0").await?,
+            volume_dir(&client, &ns, "data-db-1").await?,
+        ];
+        write_files(&dirs[0], &[("who", "replica 0\n")])?;
+        write_files(&dirs[1], &[("who", "replica 1\n")])?;
+        backup(
+            &client,
+            &ns,
+            "nightly",
+            json!({ "applicationRef": { "kind": "StatefulSet", "name": "db" } }),
+        )
+        .await?;
+        for dir in &dirs {
+            write_files(dir, &[("who", "changed\n")])?;
+        }
+
+        create_restore(
+            &client,
+            &ns,
+            "rewind",
+            json!({
+                "volumeBackupName": "nightly",
+                "target": { "applicationRef": { "kind": "StatefulSet", "name": "db" } },
+            }),
+        )
+        .await?;
+        let restore = finished_restore(&client, &ns, "rewind").await?;
+        let state = restore.status.clone().unwrap();
+        assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
+        assert_eq!(state.previous_replicas, Some(2));
+        let short_id: String = restore.metadata.uid.clone().unwrap().chars().take(5).collect();
+        let template = format!("data-restored-{short_id}");
+        let mut pvcs: Vec<(String, String)> = state
+            .volumes
+            .iter()
+            .map(|v| (v.source_pvc.clone(), v.pvc.clone()))
+            .collect();
+        pvcs.sort();
+        assert_eq!(
+            pvcs,
+            [
+                ("data-db-0".to_string(), format!("{template}-db-0")),
+                ("data-db-1".to_string(), format!("{template}-db-1")),
+            ]
+        );
+
+        // The StatefulSet now makes its claims from the renamed template, and its two Pods run
+        // on the restored claims, each with its own replica's data.
+        let statefulset = Api::<StatefulSet>::namespaced(client.clone(), &ns).get("db").await?;
+        let spec = statefulset.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(
+            spec.volume_claim_templates.unwrap()[0].metadata.name.as_deref(),
+            Some(template.as_str())
+        );
+        wait_ready(&client, &ns, "StatefulSet", "db", 2).await?;
+        assert_eq!(
+            mounted_claims(&client, &ns, "db").await?,
+            [format!("{template}-db-0"), format!("{template}-db-1")]
+        );
+        for ordinal in 0..2 {
+            let dir = volume_dir(&client, &ns, &format!("{template}-db-{ordinal}")).await?;
+            assert_eq!(files(&dir).get("who").cloned(), Some(format!("replica {ordinal}\n")));
+        }
+        // Without deleteOldPVCs the old claims stay.
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        assert!(pvcs.get_opt("data-db-0").await?.is_some() && pvcs.get_opt("data-db-1").await?.is_some());
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_restore_fills_an_empty_pvc_with_the_same_files() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-copy", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let store = tempfile::tempdir()?;
+        let storage = filesystem_storage(&client, &ns, store.path()).await?;
+        let old_dir = pvc(&client, &ns, "data").await?;
+        write_files(&old_dir, BEFORE)?;
+        write_files(&old_dir, &[("nested/deeper/file.bin", "\u{1}\u{2}binary-ish\n")])?;
+        deployment(&client, &ns, "app", "data").await?;
+        backup(
+            &client,
+            &ns,
+            "offsite",
+            json!({
+                "applicationRef": { "kind": "Deployment", "name": "app" },
+                "copy": { "storage": { "name": storage } },
+            }),
+        )
+        .await?;
+        let expected = files(&old_dir);
+        write_files(&old_dir, &[("state", "v2\n")])?;
+
+        create_restore(
+            &client,
+            &ns,
+            "from-offsite",
+            json!({
+                "volumeBackupName": "offsite",
+                "source": "Copy",
+                "target": { "applicationRef": { "kind": "Deployment", "name": "app" } },
+            }),
+        )
+        .await?;
+        let restore = finished_restore(&client, &ns, "from-offsite").await?;
+        let state = restore.status.clone().unwrap();
+        assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
+        let volume = &state.volumes[0];
+        assert!(
+            volume.artifact_path.is_some() && volume.volume_snapshot.is_none(),
+            "{state:#?}"
+        );
+        // An empty claim (no dataSource), filled from storage.
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let claim = pvcs.get(&volume.pvc).await?;
+        assert_eq!(claim.spec.unwrap().data_source, None);
+        let new_dir = volume_dir(&client, &ns, &volume.pvc).await?;
+        assert_eq!(files(&new_dir), expected);
+        wait_ready(&client, &ns, "Deployment", "app", 1).await?;
+        assert_eq!(mounted_claims(&client, &ns, "app").await?, vec![volume.pvc.clone()]);
+        // The old claim stays (no deleteOldPVCs), untouched.
+        assert_eq!(files(&old_dir).get("state").map(String::as_str), Some("v2\n"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
