@@ -101,12 +101,27 @@ pub struct ResourceBackupStatus {
     /// The id of the backed-up cluster: the UID of its kube-system namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// How far the running backup got (updated every 10 seconds, and once at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ResourceBackupProgress>,
     /// When the backup started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     /// When the backup succeeded or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+}
+
+/// How far a running backup got.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceBackupProgress {
+    /// Objects written to the archive so far.
+    pub objects: u64,
+    /// Archive bytes before compression and encryption so far.
+    pub plaintext_bytes: u64,
+    /// Bytes written to storage so far.
+    pub stored_bytes: u64,
 }
 
 #[cfg(test)]

@@ -148,6 +148,9 @@ pub struct ResourceRestoreStatus {
     /// For a dry run: what the restore would do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<RestorePlan>,
+    /// How far the running restore got (updated every 10 seconds, and once at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ResourceRestoreProgress>,
     /// The archive restored, as `<storage>:<path>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -215,6 +218,20 @@ pub struct RestorePlan {
     /// True when a list was cut at 100 entries (the counts are complete).
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// How far a running restore got. The archive is read once to verify it (nothing is applied
+/// before its checksum passed), then again to apply it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRestoreProgress {
+    /// Objects of the archive read and verified so far.
+    pub verified_objects: u64,
+    /// Objects restored (or, for a dry run, planned) so far, whatever the outcome.
+    pub objects: u64,
+    /// Objects to restore once the archive is verified (after include and exclude).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 #[cfg(test)]

@@ -8,16 +8,14 @@
 //! ```
 //!
 //! The writer streams: each object becomes tar bytes that go straight to the output, and
-//! only the small index entries stay in memory until the end. The reader collects entries
-//! in memory: a restore must see every object (CRDs and owners first) before it applies one.
-
-use std::collections::BTreeMap;
-use std::io::Read as _;
+//! only the small index entries stay in memory until the end. Reading is reader.rs: entry by
+//! entry as the archive downloads.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use stowage_api::resource_set::ResourceSetSpec;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::encryption::EncryptionConfig;
 use crate::error::{Error, Result};
@@ -237,88 +235,67 @@ fn io(what: &str, source: std::io::Error) -> Error {
     }
 }
 
-/// An archive read back: its objects (decrypted), its index and its ResourceSet.
-#[derive(Clone, Debug, Default)]
-pub struct Archive {
-    pub index: Index,
-    pub resource_set: ResourceSetSpec,
-    /// Objects in index order, each with its index entry.
-    pub objects: Vec<(IndexEntry, Value)>,
+/// An object file's path, taken apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryPath {
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub encrypted: bool,
 }
 
-/// Reads a whole tar from `reader` (entries in memory, see the module docs), then decrypts
-/// and parses every object the index lists. `name` names the archive in errors.
-pub async fn read<R: AsyncRead + Unpin + Send + 'static>(
-    name: &str,
-    reader: R,
-    encryption: Option<&EncryptionConfig>,
-) -> Result<Archive> {
-    let bad = |reason: String| Error::Archive {
-        path: name.to_string(),
-        reason,
+/// Takes `<group or core>/<version>/<resource>/<namespace or _cluster>/<name>.json[.enc]` apart.
+pub fn parse_path(path: &str) -> Option<EntryPath> {
+    let mut parts = path.splitn(5, '/');
+    let (group, version, plural, scope, file) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let (name, encrypted) = match file.strip_suffix(".json.enc") {
+        Some(name) => (name, true),
+        None => (file.strip_suffix(".json")?, false),
     };
-    let files = tokio::task::spawn_blocking(move || read_tar(tokio_util::io::SyncIoBridge::new(reader)))
-        .await
-        .map_err(|e| bad(format!("the tar reader stopped: {e}")))?
-        .map_err(|e| bad(format!("not a readable tar: {e}")))?;
-    let index_bytes = files.get(INDEX_PATH).ok_or_else(|| {
-        bad(format!(
-            "it has no {INDEX_PATH}: not written by a ResourceBackup, or truncated"
-        ))
-    })?;
-    let index: Index = serde_json::from_slice(index_bytes).map_err(|e| bad(format!("{INDEX_PATH}: {e}")))?;
-    if index.format_version > FORMAT_VERSION {
-        return Err(bad(format!(
-            "format version {} is newer than this controller reads ({FORMAT_VERSION}): upgrade Stowage",
-            index.format_version
-        )));
+    if name.is_empty() || name.contains('/') {
+        return None;
     }
-    let resource_set = match files.get(RESOURCE_SET_PATH) {
-        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| bad(format!("{RESOURCE_SET_PATH}: {e}")))?,
-        None => ResourceSetSpec::default(),
-    };
-    let mut objects = Vec::with_capacity(index.entries.len());
-    for entry in &index.entries {
-        let data = files
-            .get(&entry.path)
-            .ok_or_else(|| bad(format!("the index lists {} but the tar lacks it", entry.path)))?;
-        let label = describe(entry);
-        let json = if entry.encrypted {
-            let Some(config) = encryption else {
-                let (provider, key) = crate::encryption::describe(data).unwrap_or_default();
-                return Err(Error::Decrypt {
-                    object: label,
-                    provider,
-                    key,
-                    tried: "(none)".into(),
-                    reason: "the archive holds encrypted objects: set spec.encryptionConfigSecretName".into(),
-                });
-            };
-            config.open(&label, entry.path.as_bytes(), data)?
+    Some(EntryPath {
+        group: if group == "core" {
+            String::new()
         } else {
-            data.clone()
-        };
-        let value: Value = serde_json::from_slice(&json).map_err(|e| bad(format!("{}: {e}", entry.path)))?;
-        objects.push((entry.clone(), value));
-    }
-    Ok(Archive {
-        index,
-        resource_set,
-        objects,
+            group.to_string()
+        },
+        version: version.to_string(),
+        plural: plural.to_string(),
+        namespace: (scope != CLUSTER_SCOPE).then(|| scope.to_string()),
+        name: name.to_string(),
+        encrypted,
     })
 }
 
-fn read_tar(reader: impl std::io::Read) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
-    let mut archive = tar::Archive::new(reader);
-    let mut files = BTreeMap::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let mut data = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
-        entry.read_to_end(&mut data)?;
-        files.insert(path, data);
+impl IndexEntry {
+    /// The index entry of an object read from the archive at `path`.
+    pub fn new(path: String, parts: EntryPath, kind: String, object: &Value) -> IndexEntry {
+        IndexEntry {
+            path,
+            resource: ResourceType {
+                group: parts.group,
+                version: parts.version,
+                kind,
+                plural: parts.plural,
+                namespaced: parts.namespace.is_some(),
+            },
+            namespace: parts.namespace,
+            name: parts.name,
+            uid: object["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+            owner_uids: owner_uids(object),
+            encrypted: parts.encrypted,
+        }
     }
-    Ok(files)
 }
 
 /// `Deployment.apps shop/web`: how errors and status name an object.
@@ -408,15 +385,71 @@ mod tests {
                 .await?;
             writer.finish(&ResourceSetSpec::default(), "cluster-1").await
         };
-        let (summary, archive) = tokio::join!(write, read("test", read_half, Some(&config)));
-        let (summary, archive) = (summary.unwrap(), archive.unwrap());
+        let store: std::sync::Arc<dyn object_store::ObjectStore> =
+            std::sync::Arc::new(object_store::memory::InMemory::new());
+        let request = stowage_core::BackupRequest::new(store.clone(), "a.tar.gz", "ResourceBackup", "test");
+        let (summary, stored) = tokio::join!(write, stowage_core::backup(request, read_half));
+        let summary = summary.unwrap();
+        stored.unwrap();
         assert_eq!((summary.objects, summary.encrypted), (2, 1));
         assert_eq!(summary.kinds["Secret"], 1);
-        assert_eq!(archive.index.cluster_id, "cluster-1");
-        assert_eq!(archive.objects.len(), 2);
-        assert_eq!(archive.objects[0].1["metadata"]["name"], long_name.as_str());
-        assert_eq!(archive.objects[1].0.path, "core/v1/secrets/shop/db.json.enc");
-        assert_eq!(archive.objects[1].0.owner_uids, ["c1"]);
-        assert_eq!(archive.objects[1].1["data"]["password"], "aHVudGVyMg==");
+
+        // Read back entry by entry as it downloads.
+        let source = crate::reader::Source::new(store, "a.tar.gz", stowage_core::Identities::none());
+        let mut stream = crate::reader::ArchiveStream::open(&source, stowage_core::Progress::default());
+        let mut objects = Vec::new();
+        let mut head = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                crate::reader::Item::Object { position, path, data } => objects.push((position, path, data)),
+                crate::reader::Item::Index(index) => head = Some(index),
+                crate::reader::Item::ResourceSet(_) => {}
+            }
+        }
+        stream.finish().await.unwrap();
+        let head = head.unwrap();
+        assert_eq!(
+            (head.format_version, head.cluster_id.as_str(), head.entries),
+            (FORMAT_VERSION, "cluster-1", 2)
+        );
+        assert_eq!(objects.len(), 2);
+        let (position, path, data) = &objects[0];
+        assert_eq!(*position, 0);
+        let parts = parse_path(path).unwrap();
+        assert_eq!(
+            (parts.name.as_str(), parts.namespace.as_deref(), parts.encrypted),
+            (long_name.as_str(), Some("shop"), false)
+        );
+        let object: Value = serde_json::from_slice(data).unwrap();
+        assert_eq!(object["metadata"]["name"], long_name.as_str());
+        let (position, path, data) = &objects[1];
+        assert_eq!((*position, path.as_str()), (1, "core/v1/secrets/shop/db.json.enc"));
+        let plain = config.open("Secret shop/db", path.as_bytes(), data).unwrap();
+        let object: Value = serde_json::from_slice(&plain).unwrap();
+        let entry = IndexEntry::new(path.clone(), parse_path(path).unwrap(), "Secret".into(), &object);
+        assert_eq!(entry.owner_uids, ["c1"]);
+        assert!(entry.encrypted && entry.resource.plural == "secrets" && entry.resource.group.is_empty());
+        assert_eq!(object["data"]["password"], "aHVudGVyMg==");
+    }
+
+    #[test]
+    fn paths_parse_back() {
+        assert_eq!(parse_path("stowage/index.json"), None);
+        let parts = parse_path("rbac.authorization.k8s.io/v1/clusterroles/_cluster/system:x.json.enc").unwrap();
+        assert_eq!(
+            (
+                parts.group.as_str(),
+                parts.plural.as_str(),
+                parts.namespace,
+                parts.name.as_str(),
+                parts.encrypted
+            ),
+            ("rbac.authorization.k8s.io", "clusterroles", None, "system:x", true)
+        );
+        let parts = parse_path("core/v1/configmaps/shop/a.json.json").unwrap();
+        assert_eq!(
+            (parts.group.as_str(), parts.name.as_str(), parts.namespace.as_deref()),
+            ("", "a.json", Some("shop"))
+        );
     }
 }

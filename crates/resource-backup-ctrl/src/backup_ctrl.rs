@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use stowage_api::resource_backup::{ResourceBackupPhase, ResourceBackupStatus, RetainPolicy};
+use stowage_api::resource_backup::{ResourceBackupPhase, ResourceBackupProgress, ResourceBackupStatus, RetainPolicy};
 use stowage_api::{ArtifactStatus, ResourceBackup, ResourceSet};
 use stowage_core::template::TemplateVars;
 use stowage_core::{BackupRequest, Recipients};
@@ -15,13 +15,15 @@ use stowage_operator::conditions::to_time;
 use stowage_operator::finalizer;
 use stowage_operator::{Context, Error, Result, resolve_storage, status};
 
-use crate::reconcile::{CLUSTER, encryption_config, set_conditions, to_kit};
+use crate::ResourceContext;
+use crate::reconcile::{CLUSTER, encryption_config, report_progress, set_conditions, to_kit};
 
 const KIND: &str = "ResourceBackup";
 /// Finalizer of backups whose archive is deleted with them.
 pub const FINALIZER: &str = finalizer::DELETE_DATA;
 
-pub async fn reconcile(backup: Arc<ResourceBackup>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(backup: Arc<ResourceBackup>, rctx: Arc<ResourceContext>) -> Result<Action> {
+    let ctx = rctx.kit.clone();
     let api: Api<ResourceBackup> = Api::all(ctx.client.clone());
     let name = backup.name_any();
     if backup.metadata.deletion_timestamp.is_some() {
@@ -52,7 +54,7 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, ctx: Arc<Context>) -> Result
         ResourceBackupPhase::Pending => {}
     }
 
-    let prepared = match prepare(&backup, &ctx).await {
+    let mut prepared = match prepare(&backup, &ctx).await {
         Ok(prepared) => prepared,
         Err(error) if error.awaits_change() => return finish_failed(&backup, &api, state, error, &ctx).await,
         Err(error) => {
@@ -94,14 +96,44 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, ctx: Arc<Context>) -> Result
     let in_progress = ctx.metrics.runs_in_progress.with_label_values(&[KIND, "Backup"]);
     in_progress.inc();
     let storage_name = prepared.storage_name.clone();
+    let progress = crate::backup::Progress {
+        counter: Some(rctx.metrics.backup_objects.clone()),
+        ..Default::default()
+    };
+    let bytes = prepared.request.progress.clone();
+    let snapshot = {
+        let (objects, bytes) = (progress.objects.clone(), bytes.clone());
+        move || ResourceBackupProgress {
+            objects: objects.load(std::sync::atomic::Ordering::Relaxed),
+            plaintext_bytes: bytes.plaintext.bytes(),
+            stored_bytes: bytes.stored.bytes(),
+        }
+    };
+    let reporter = {
+        let snapshot = snapshot.clone();
+        report_progress(api.clone(), name.clone(), move || {
+            serde_json::to_value(snapshot()).unwrap_or_default()
+        })
+    };
+    prepared.request.progress = bytes;
+    let run = crate::backup::run(
+        &ctx.client,
+        &prepared.resource_set,
+        prepared.encryption,
+        prepared.request,
+        &progress,
+    );
     let outcome = tokio::select! {
-        outcome = crate::backup::run(&ctx.client, &prepared.resource_set, prepared.encryption, prepared.request) => outcome.map_err(to_kit),
+        outcome = run => outcome.map_err(to_kit),
         _ = ctx.shutdown.cancelled() => Err(Error::permanent("Interrupted", "the controller stopped during the backup; nothing was committed: create a new ResourceBackup to retry")),
     };
     in_progress.dec();
+    drop(reporter);
+    state.progress = Some(snapshot());
     let seconds = started.elapsed().as_secs_f64();
     match outcome {
         Ok(outcome) => {
+            rctx.metrics.backup_encrypted_objects.inc_by(outcome.summary.encrypted);
             ctx.metrics
                 .backup_succeeded(KIND, CLUSTER, &schedule(&backup), &outcome.artifact, seconds);
             let message = format!(

@@ -3,16 +3,20 @@
 //! stowage-core's data path, and restored from there in dependency order with
 //! ownerReferences re-linked to the new owners.
 
+mod apply;
 pub mod archive;
 pub mod backup;
 mod backup_ctrl;
 pub mod encryption;
 pub mod error;
+pub mod metrics;
 pub mod plan;
 pub mod prune;
+pub mod reader;
 mod reconcile;
 pub mod restore;
 mod restore_ctrl;
+pub mod schedule;
 pub mod selector;
 
 pub use error::{Error, Result};
@@ -25,6 +29,18 @@ use stowage_operator::{Context, run_controller};
 
 pub use backup_ctrl::FINALIZER;
 
+/// The kit's context plus this controller's metrics.
+pub struct ResourceContext {
+    pub kit: Arc<Context>,
+    pub metrics: metrics::ResourceMetrics,
+}
+
+impl AsRef<Context> for ResourceContext {
+    fn as_ref(&self) -> &Context {
+        &self.kit
+    }
+}
+
 /// Runs the ResourceBackup and ResourceRestore controllers until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     run_selected(ctx, None).await
@@ -32,17 +48,23 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
 
 /// [`run`] for the objects matching `label_selector` only (tests sharing one cluster each
 /// reconcile their own cluster-scoped objects).
-pub async fn run_selected(ctx: Arc<Context>, label_selector: Option<&str>) -> anyhow::Result<()> {
+pub async fn run_selected(kit: Arc<Context>, label_selector: Option<&str>) -> anyhow::Result<()> {
+    let ctx = Arc::new(ResourceContext {
+        metrics: metrics::ResourceMetrics::register(&kit.metrics.registry)?,
+        kit,
+    });
     let config = match label_selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
     };
     // Each run is one long reconcile; kube never reconciles the same object twice at once.
-    let backups = Controller::new(kube::Api::<ResourceBackup>::all(ctx.client.clone()), config.clone());
-    let restores = Controller::new(kube::Api::<ResourceRestore>::all(ctx.client.clone()), config);
+    let client = ctx.kit.client.clone();
+    let backups = Controller::new(kube::Api::<ResourceBackup>::all(client.clone()), config.clone());
+    let restores = Controller::new(kube::Api::<ResourceRestore>::all(client), config);
+    let shutdown = ctx.kit.shutdown.clone();
     tokio::join!(
-        run_controller(backups, ctx.clone(), ctx.shutdown.clone(), backup_ctrl::reconcile),
-        run_controller(restores, ctx.clone(), ctx.shutdown.clone(), restore_ctrl::reconcile),
+        run_controller(backups, ctx.clone(), shutdown.clone(), backup_ctrl::reconcile),
+        run_controller(restores, ctx.clone(), shutdown, restore_ctrl::reconcile),
     );
     Ok(())
 }

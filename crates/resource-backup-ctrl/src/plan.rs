@@ -3,7 +3,7 @@
 //! owners before dependents), and what exactly to send (server fields dropped, ownerReferences
 //! re-linked to the owners' new UIDs).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 use stowage_api::resource_restore::RestoreFilter;
@@ -12,7 +12,7 @@ use crate::archive::{IndexEntry, describe};
 use crate::selector::{ResourceType, check_label_selector, label_selector_matches};
 
 /// Restore tiers, applied in this order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tier {
     CustomResourceDefinitions,
     Namespaces,
@@ -107,105 +107,62 @@ fn filter_matches(filter: &RestoreFilter, entry: &IndexEntry, object: &Value, in
     kind_ok && namespace_ok && labels_ok
 }
 
-fn is_namespace(resource: &ResourceType) -> bool {
+pub fn is_namespace(resource: &ResourceType) -> bool {
     resource.group.is_empty() && resource.plural == "namespaces"
 }
 
-fn is_crd(resource: &ResourceType) -> bool {
+pub fn is_crd(resource: &ResourceType) -> bool {
     resource.group == "apiextensions.k8s.io" && resource.plural == "customresourcedefinitions"
 }
 
-/// The objects to restore, in order, and how many the filters left out.
-pub fn order(objects: &[(IndexEntry, Value)], selection: &Selection) -> (Vec<Step>, u64) {
-    let by_uid: HashMap<&str, usize> = objects
-        .iter()
-        .enumerate()
-        .filter(|(_, (entry, _))| !entry.uid.is_empty())
-        .map(|(i, (entry, _))| (entry.uid.as_str(), i))
-        .collect();
-    let mut depths: Vec<Option<usize>> = vec![None; objects.len()];
-    let mut steps = Vec::new();
-    let mut filtered = 0;
-    for (i, (entry, object)) in objects.iter().enumerate() {
-        if !selection.admits(entry, object) {
-            filtered += 1;
-            continue;
-        }
-        let tier = if is_crd(&entry.resource) {
-            Tier::CustomResourceDefinitions
-        } else if is_namespace(&entry.resource) {
-            Tier::Namespaces
-        } else if entry.namespace.is_none() {
-            Tier::ClusterScoped
-        } else {
-            Tier::Namespaced
-        };
+/// The tier an object of `resource` is restored in.
+pub fn tier(resource: &ResourceType, namespace: Option<&str>) -> Tier {
+    if is_crd(resource) {
+        Tier::CustomResourceDefinitions
+    } else if is_namespace(resource) {
+        Tier::Namespaces
+    } else if namespace.is_none() {
+        Tier::ClusterScoped
+    } else {
+        Tier::Namespaced
+    }
+}
+
+/// Where a backup puts a resource type's objects in the archive: in restore order (CRDs,
+/// Namespaces, other cluster-scoped, namespaced), and among namespaced types the usual owners
+/// (custom resources, then workload controllers) before what they own (ReplicaSets, Jobs,
+/// then Pods), so that a restore applies most archives in a single pass.
+pub fn write_rank(resource: &ResourceType) -> (Tier, u8) {
+    let namespaced = if resource.namespaced { Some("") } else { None };
+    let tier = tier(resource, namespaced);
+    let builtin = !resource.group.contains('.') || resource.group.ends_with(".k8s.io");
+    let rank = match (resource.group.as_str(), resource.plural.as_str()) {
+        _ if tier != Tier::Namespaced => 0,
+        _ if !builtin => 0,
+        ("apps", "deployments" | "statefulsets" | "daemonsets") | ("batch", "cronjobs") => 1,
+        ("apps", "replicasets" | "controllerrevisions") | ("batch", "jobs") => 3,
+        ("", "pods") => 4,
+        _ => 2,
+    };
+    (tier, rank)
+}
+
+impl Step {
+    /// The step for an archived object: its tier, and its name and namespace in this cluster.
+    pub fn new(entry: IndexEntry, object: Value, selection: &Selection) -> Step {
         let name = if is_namespace(&entry.resource) {
             selection.map_namespace(&entry.name)
         } else {
             entry.name.clone()
         };
-        let depth = depth(i, objects, &by_uid, &mut depths, 0);
-        steps.push((
-            depth,
-            Step {
-                entry: entry.clone(),
-                object: object.clone(),
-                tier,
-                name,
-                namespace: entry.namespace.as_deref().map(|ns| selection.map_namespace(ns)),
-            },
-        ));
+        Step {
+            tier: tier(&entry.resource, entry.namespace.as_deref()),
+            namespace: entry.namespace.as_deref().map(|ns| selection.map_namespace(ns)),
+            name,
+            entry,
+            object,
+        }
     }
-    steps.sort_by(|(da, a), (db, b)| {
-        (
-            a.tier,
-            *da,
-            &a.entry.resource.group,
-            &a.entry.resource.kind,
-            &a.namespace,
-            &a.name,
-        )
-            .cmp(&(
-                b.tier,
-                *db,
-                &b.entry.resource.group,
-                &b.entry.resource.kind,
-                &b.namespace,
-                &b.name,
-            ))
-    });
-    (steps.into_iter().map(|(_, step)| step).collect(), filtered)
-}
-
-/// How many owners deep an object sits (0: no owner in the archive). Cycles, which the API
-/// server allows but garbage collection never resolves, are cut at the archive's size.
-fn depth(
-    i: usize,
-    objects: &[(IndexEntry, Value)],
-    by_uid: &HashMap<&str, usize>,
-    memo: &mut Vec<Option<usize>>,
-    level: usize,
-) -> usize {
-    if let Some(known) = memo[i] {
-        return known;
-    }
-    if level > objects.len() {
-        return 0;
-    }
-    let owners: Vec<usize> = objects[i]
-        .0
-        .owner_uids
-        .iter()
-        .filter_map(|uid| by_uid.get(uid.as_str()).copied())
-        .collect();
-    let found = owners
-        .into_iter()
-        .map(|owner| depth(owner, objects, by_uid, memo, level + 1) + 1)
-        .max()
-        .unwrap_or(0);
-    memo[i] = Some(found);
-    found
 }
 
 /// The object to apply for `step`: no UID, no status, server fields gone, the target name
@@ -329,6 +286,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde::Deserialize;
+    use std::collections::HashMap;
 
     /// The fixture: archived objects, then restore cases against them.
     #[derive(Deserialize)]
@@ -347,8 +305,45 @@ mod tests {
         include: Option<RestoreFilter>,
         #[serde(default)]
         exclude: Option<RestoreFilter>,
+        /// Objects in the order the archive holds them: `listed` (the fixture's order) or
+        /// `backup` (sorted by type as a backup writes them).
+        #[serde(default)]
+        archive_order: ArchiveOrder,
         order: Vec<String>,
         filtered: u64,
+        passes: u32,
+    }
+
+    #[derive(Deserialize, Default, PartialEq)]
+    #[serde(rename_all = "camelCase")]
+    enum ArchiveOrder {
+        #[default]
+        Listed,
+        Backup,
+    }
+
+    /// Streams `objects` through a schedule the way a restore does, pass after pass: the
+    /// labels in apply order, the count filtered out and the passes it took.
+    fn stream(objects: &[(IndexEntry, Value)], selection: &Selection) -> (Vec<String>, u64, u32) {
+        let mut survey = crate::schedule::Survey::default();
+        for (entry, object) in objects {
+            let tier = tier(&entry.resource, entry.namespace.as_deref());
+            survey.add(tier, selection.admits(entry, object), 0, &entry.uid, &entry.owner_uids);
+        }
+        let mut schedule = survey.finish();
+        let (mut labels, mut passes) = (Vec::new(), 0);
+        while !schedule.is_complete() {
+            passes += 1;
+            assert!(passes < 20, "the schedule makes progress");
+            for (position, (entry, object)) in objects.iter().enumerate() {
+                if let crate::schedule::Decision::Ready { .. } = schedule.decide(position) {
+                    schedule.dispatched(position);
+                    schedule.finished(position);
+                    labels.push(Step::new(entry.clone(), object.clone(), selection).label());
+                }
+            }
+        }
+        (labels, schedule.filtered(), passes)
     }
 
     /// An index entry as the archive writer would make it, from the object itself.
@@ -395,10 +390,14 @@ mod tests {
                 exclude: case.exclude,
             };
             selection.validate().unwrap();
-            let (steps, filtered) = order(&objects, &selection);
-            let labels: Vec<String> = steps.iter().map(Step::label).collect();
+            let mut objects = objects.clone();
+            if case.archive_order == ArchiveOrder::Backup {
+                objects.sort_by_key(|(entry, _)| write_rank(&entry.resource));
+            }
+            let (labels, filtered, passes) = stream(&objects, &selection);
             assert_eq!(labels, case.order, "{}", case.name);
             assert_eq!(filtered, case.filtered, "{}", case.name);
+            assert_eq!(passes, case.passes, "{}", case.name);
         }
     }
 
@@ -409,7 +408,10 @@ mod tests {
             namespace_mapping: BTreeMap::from([("shop".into(), "shop-copy".into())]),
             ..Selection::default()
         };
-        let (steps, _) = order(&objects, &selection);
+        let steps: Vec<Step> = objects
+            .iter()
+            .map(|(entry, object)| Step::new(entry.clone(), object.clone(), &selection))
+            .collect();
         let pod = steps.iter().find(|s| s.entry.resource.kind == "Pod").unwrap();
         let new_uids = HashMap::from([("rs-uid", "new-rs-uid")]);
         let (object, dropped) = desired(

@@ -3,44 +3,32 @@
 //! are gone. Dry runs only list them. Objects with a controller (a ReplicaSet's Pods, a
 //! Deployment's ReplicaSets) are left to that controller: they come and go with it.
 
-use std::collections::HashSet;
-
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use serde_json::Value;
+use stowage_api::resource_set::ResourceSetSpec;
 
-use crate::archive::{Archive, IndexEntry, describe};
+use crate::apply::api_for;
+use crate::archive::{IndexEntry, describe};
 use crate::backup::{Served, is_generated};
 use crate::error::{Error, Result};
-use crate::restore::{Options, Report, api_for};
+use crate::restore::{Options, Report};
 use crate::selector::{ObjectInfo, Selection};
 
 /// Objects per list call.
 const PAGE_SIZE: u32 = 250;
 
-type Identity = (String, String, Option<String>, String);
-
 /// Deletes (or, for a dry run, lists) what the archive's ResourceSet selects but the archive
-/// lacks, leaving alone what the restore's include/exclude filters keep out.
+/// lacks (`archived(group, plural, namespace, name)` says what it holds), leaving alone what
+/// the restore's include/exclude filters keep out.
 pub async fn run(
     client: &kube::Client,
-    archive: &Archive,
+    resource_set: &ResourceSetSpec,
+    archived: impl Fn(&str, &str, Option<&str>, &str) -> bool,
     served: &[Served],
     options: &Options,
     report: &mut Report,
 ) -> Result<()> {
-    let selection = Selection::new(&archive.resource_set)?;
-    let archived: HashSet<Identity> = archive
-        .objects
-        .iter()
-        .map(|(e, _)| {
-            (
-                e.resource.group.clone(),
-                e.resource.plural.clone(),
-                e.namespace.clone(),
-                e.name.clone(),
-            )
-        })
-        .collect();
+    let selection = Selection::new(resource_set)?;
     let mut deleting = Vec::new();
     for served in served.iter().filter(|s| selection.wants(&s.resource)) {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &served.api);
@@ -56,15 +44,14 @@ pub async fn run(
                     namespace: object.metadata.namespace.clone(),
                     labels: object.metadata.labels.clone().unwrap_or_default(),
                 };
-                let identity = (
-                    served.resource.group.clone(),
-                    served.resource.plural.clone(),
-                    info.namespace.clone(),
-                    info.name.clone(),
-                );
                 if !selection.matches(&served.resource, &info)
                     || is_generated(&served.resource, &object)
-                    || archived.contains(&identity)
+                    || archived(
+                        &served.resource.group,
+                        &served.resource.plural,
+                        info.namespace.as_deref(),
+                        &info.name,
+                    )
                     || object.metadata.deletion_timestamp.is_some()
                     || has_controller(&object)
                 {

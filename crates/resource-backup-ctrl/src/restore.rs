@@ -1,50 +1,56 @@
-//! Restore: fetch and verify the whole archive (nothing is applied before its checksum
-//! passed), then apply the plan object by object with server-side apply. One object's
-//! failure is recorded and the rest go on; the run ends PartiallyFailed with the list.
+//! Restore, streamed: nothing of the archive is held in memory beyond a few bytes per object.
+//!
+//! Three constraints shape it. The archive must be verified (manifest, size, SHA-256, age key,
+//! every encrypted object decryptable) before the first object is applied. Objects must be
+//! applied in dependency order (CRDs, Namespaces, other cluster-scoped, namespaced; owners
+//! before dependents) with ownerReferences re-linked to the owners' new UIDs. And memory must
+//! not grow with the archive (the controller's limit is small). The payload is compressed and
+//! encrypted as one stream, so it cannot be read at random: a ranged GET cannot fetch one
+//! object, and the index, written last, cannot be read first.
+//!
+//! So the archive is read more than once, each time as a stream (reader.rs):
+//!
+//! 1. **Verify.** Stream the whole archive through stowage-core, which checks it against its
+//!    manifest, and decrypt and parse every object. Keep, per object, its tier, whether the
+//!    include/exclude filters admit it, a 64-bit keyed digest of its bytes, and its UID and
+//!    owner UIDs (16 bytes each); plus the ResourceSet, the index's head, the status
+//!    subresources of the archive's CRDs and a keyed hash of every object's identity (for
+//!    prune). Any failure ends the restore here, with nothing applied.
+//! 2. **Apply, pass after pass.** The survey becomes a schedule (schedule.rs) giving each
+//!    object a level. Each pass streams the archive again and applies the objects that are
+//!    ready (every object of a lower level dispatched, and finished before it is sent), up to
+//!    8 at a time, deferring the rest to the next pass. Each object's digest must match what
+//!    the verifying pass saw, so an archive replaced in between is refused before its object
+//!    is applied. A backup writes types in restore order, so usually one pass applies
+//!    everything; a pass stops downloading once nothing is left.
+//!
+//! The alternatives cost more: holding the objects (the old design) grows with the archive;
+//! spilling them to disk needs a volume and leaves plaintext behind; reading the index first
+//! is impossible without random access. Two downloads of an archive are cheap next to one API
+//! call per object.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use kube::api::{Api, ListParams};
+use serde_json::Value;
 use stowage_api::resource_restore::{ExistingResourcePolicy, MAX_LISTED, ObjectFailure, RestoreCounts, RestorePlan};
-use stowage_core::{Identities, RestoreRequest};
+use stowage_api::resource_set::ResourceSetSpec;
 
-use crate::archive::{self, Archive};
+use crate::archive::{self, FORMAT_VERSION, IndexEntry};
 use crate::backup::{Served, discover};
 use crate::encryption::EncryptionConfig;
 use crate::error::{Error, Result};
-use crate::plan::{self, Step, Tier};
-use crate::selector::ResourceType;
+use crate::plan::{self, Tier};
+use crate::reader::{ArchiveStream, IndexHead, Item, Source};
+use crate::schedule::{Schedule, Survey};
 
 /// The field manager of everything a restore writes.
 pub const FIELD_MANAGER: &str = "stowage-restore";
-const PIPE_BYTES: usize = 1 << 20;
-const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
-const ATTEMPTS: u32 = 4;
-
-/// Downloads, verifies and reads the archive at `path`. Any integrity, key or format
-/// problem fails here, before a single object is applied.
-pub async fn fetch(
-    store: Arc<dyn object_store::ObjectStore>,
-    path: &str,
-    identities: Identities,
-    encryption: Option<&EncryptionConfig>,
-) -> Result<Archive> {
-    let mut request = RestoreRequest::new(store, path);
-    request.identities = Arc::new(identities);
-    let (sink, source) = tokio::io::duplex(PIPE_BYTES);
-    let restore = async move {
-        let mut sink = sink;
-        stowage_core::restore(request, &mut sink).await
-        // The sink drops here: on failure the reader sees the stream end early.
-    };
-    let (restored, read) = tokio::join!(restore, archive::read(path, source, encryption));
-    restored?;
-    read
-}
 
 /// How to restore.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +70,8 @@ pub struct Report {
     pub plan: RestorePlan,
     /// Objects restored without an owner that is neither in the archive nor in the cluster.
     pub orphaned: Vec<String>,
+    /// Times the archive was read: once to verify it, then once per apply pass.
+    pub passes: u32,
 }
 
 impl Report {
@@ -74,7 +82,7 @@ impl Report {
         }
     }
 
-    pub(crate) fn list(&mut self, which: fn(&mut RestorePlan) -> &mut Vec<String>, entry: String) {
+    pub(crate) fn list(&mut self, which: PlanList, entry: String) {
         let list = which(&mut self.plan);
         if list.len() < MAX_LISTED {
             list.push(entry);
@@ -84,15 +92,94 @@ impl Report {
     }
 }
 
-enum Outcome {
-    Created,
-    Updated,
-    Unchanged,
-    Skipped,
+/// One of the plan's lists (create, update, …).
+pub(crate) type PlanList = fn(&mut RestorePlan) -> &mut Vec<String>;
+
+/// Live counts of a running restore, for status and metrics.
+#[derive(Clone, Default)]
+pub struct Progress {
+    /// Objects read and verified by the first pass.
+    pub verified: Arc<AtomicU64>,
+    /// Objects restored (or planned), whatever the outcome.
+    pub done: Arc<AtomicU64>,
+    /// Objects to restore; 0 until the archive is verified.
+    pub total: Arc<AtomicU64>,
+    /// Counts each object's outcome (`Created`, `Updated`, …) as it happens, when set.
+    pub outcomes: Option<prometheus::IntCounterVec>,
 }
 
-/// Applies `archive` to the cluster (or plans it, for a dry run).
-pub async fn apply(client: &kube::Client, archive: &Archive, options: &Options) -> Result<Report> {
+impl Progress {
+    pub(crate) fn outcome(&self, outcome: &str) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = &self.outcomes {
+            counter.with_label_values(&[outcome]).inc();
+        }
+    }
+}
+
+/// What the verifying pass learnt, a few bytes per object.
+pub struct Verified {
+    pub schedule: Schedule,
+    pub resource_set: ResourceSetSpec,
+    pub index: IndexHead,
+    /// `group/plural` of the archive's CRDs that have a status subresource.
+    pub status_kinds: HashSet<String>,
+    pub archived: Archived,
+}
+
+/// The identities (group, resource, namespace, name) of the archive's objects as 64-bit keyed
+/// hashes: a collision could only keep an extra object from being pruned.
+pub struct Archived {
+    hasher: RandomState,
+    set: HashSet<u64>,
+}
+
+impl Archived {
+    fn new(hasher: RandomState) -> Archived {
+        Archived {
+            hasher,
+            set: HashSet::new(),
+        }
+    }
+
+    fn key(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) -> u64 {
+        self.hasher.hash_one((group, plural, namespace, name))
+    }
+
+    fn insert(&mut self, entry: &IndexEntry) {
+        let key = self.key(
+            &entry.resource.group,
+            &entry.resource.plural,
+            entry.namespace.as_deref(),
+            &entry.name,
+        );
+        self.set.insert(key);
+    }
+
+    /// True when the archive holds this object.
+    pub fn contains(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) -> bool {
+        self.set.contains(&self.key(group, plural, namespace, name))
+    }
+
+    /// A keyed digest of an object's path and bytes (keys random per restore, so an archive
+    /// crafted to collide with the verified one cannot be prepared in advance).
+    pub(crate) fn digest(&self, path: &str, data: &[u8]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        path.hash(&mut hasher);
+        data.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// Restores the archive at `source` (or plans it, for a dry run): verify, then apply pass
+/// after pass, then prune.
+pub async fn run(
+    client: &kube::Client,
+    source: &Source,
+    encryption: Option<&EncryptionConfig>,
+    options: &Options,
+    progress: &Progress,
+) -> Result<Report> {
     options
         .selection
         .validate()
@@ -104,407 +191,182 @@ pub async fn apply(client: &kube::Client, archive: &Archive, options: &Options) 
         ));
     }
     let served = discover(client).await?;
-    let mut run = Run {
-        client: client.clone(),
-        options: options.clone(),
-        served,
-        index: archive
-            .objects
-            .iter()
-            .map(|(e, _)| (e.uid.clone(), e.clone()))
-            .collect(),
-        new_uids: HashMap::new(),
-        status_kinds: status_kinds(client, archive).await,
-        scaled_names: HashSet::new(),
-        report: Report::default(),
+    let verified = verify_with(&served, source, encryption, &options.selection, progress).await?;
+    crate::apply::run(client, served, source, encryption, verified, options, progress).await
+}
+
+/// Reads the whole archive once and checks it: the data path against the manifest, then
+/// every object (decryptable, JSON, where the layout says) and the index. Nothing is applied.
+pub async fn verify(
+    client: &kube::Client,
+    source: &Source,
+    encryption: Option<&EncryptionConfig>,
+    selection: &plan::Selection,
+) -> Result<Verified> {
+    let served = discover(client).await?;
+    verify_with(&served, source, encryption, selection, &Progress::default()).await
+}
+
+async fn verify_with(
+    served: &[Served],
+    source: &Source,
+    encryption: Option<&EncryptionConfig>,
+    selection: &plan::Selection,
+    progress: &Progress,
+) -> Result<Verified> {
+    let mut survey = Survey::default();
+    let mut archived = Archived::new(RandomState::new());
+    let mut status_kinds = HashSet::new();
+    let (mut resource_set, mut index) = (None, None);
+    let mut failure = None;
+    let mut stream = ArchiveStream::open(source, stowage_core::Progress::default());
+    while let Some(item) = stream.next().await {
+        if failure.is_some() {
+            continue; // Read on: the data path's verdict explains a failure best.
+        }
+        match item {
+            Item::Object { path, data, .. } => {
+                let digest = archived.digest(&path, &data);
+                match read_object(&source.path, served, encryption, path, &data) {
+                    Ok((entry, object)) => {
+                        let tier = plan::tier(&entry.resource, entry.namespace.as_deref());
+                        if tier == Tier::CustomResourceDefinitions
+                            && let Some(kind) = status_kind(&object)
+                        {
+                            status_kinds.insert(kind);
+                        }
+                        let admitted = selection.admits(&entry, &object);
+                        survey.add(tier, admitted, digest, &entry.uid, &entry.owner_uids);
+                        archived.insert(&entry);
+                        progress.verified.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => failure = Some(error),
+                }
+            }
+            Item::ResourceSet(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(set) => resource_set = Some(set),
+                Err(e) => failure = Some(bad(source, format!("{}: {e}", archive::RESOURCE_SET_PATH))),
+            },
+            Item::Index(head) => index = Some(head),
+        }
+    }
+    stream.finish().await?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let index = index.ok_or_else(|| {
+        bad(
+            source,
+            format!(
+                "it has no {}: not written by a ResourceBackup, or truncated",
+                archive::INDEX_PATH
+            ),
+        )
+    })?;
+    if index.format_version > FORMAT_VERSION {
+        return Err(bad(
+            source,
+            format!(
+                "format version {} is newer than this controller reads ({FORMAT_VERSION}): upgrade Stowage",
+                index.format_version
+            ),
+        ));
+    }
+    if index.entries != survey.len() as u64 {
+        return Err(bad(
+            source,
+            format!(
+                "the index lists {} objects but the tar holds {}",
+                index.entries,
+                survey.len()
+            ),
+        ));
+    }
+    let schedule = survey.finish();
+    progress.total.store(schedule.total(), Ordering::Relaxed);
+    Ok(Verified {
+        schedule,
+        resource_set: resource_set.unwrap_or_default(),
+        index,
+        status_kinds,
+        archived,
+    })
+}
+
+fn bad(source: &Source, reason: String) -> Error {
+    Error::Archive {
+        path: source.path.clone(),
+        reason,
+    }
+}
+
+/// Decrypts (when encrypted) and parses the object file at `path`.
+pub(crate) fn read_object(
+    archive_path: &str,
+    served: &[Served],
+    encryption: Option<&EncryptionConfig>,
+    path: String,
+    data: &[u8],
+) -> Result<(IndexEntry, Value)> {
+    let bad = |reason: String| Error::Archive {
+        path: archive_path.to_string(),
+        reason,
     };
-    let (steps, filtered) = plan::order(&archive.objects, &options.selection);
-    run.report.counts.skipped += filtered;
-
-    let scaled = if options.dry_run {
-        Vec::new()
-    } else {
-        run.scale_down(archive).await
-    };
-    run.apply_steps(&steps).await;
-    let pruned = if options.prune {
-        crate::prune::run(client, archive, &run.served, options, &mut run.report).await
-    } else {
-        Ok(())
-    };
-    run.scale_back(scaled).await;
-    pruned.map(|()| run.report)
-}
-
-/// A workload scaled down for the restore, and its replicas before.
-struct Scaled {
-    api: Api<DynamicObject>,
-    label: String,
-    name: String,
-    replicas: i64,
-}
-
-struct Run {
-    client: kube::Client,
-    options: Options,
-    served: Vec<Served>,
-    /// Archive entries by their old UID.
-    index: HashMap<String, archive::IndexEntry>,
-    /// Old UID → UID in this cluster, for objects restored in this run.
-    new_uids: HashMap<String, String>,
-    /// `group/plural` of custom resources with a status subresource.
-    status_kinds: HashSet<String>,
-    /// Workloads held at zero replicas during the restore: (plural, namespace, name).
-    scaled_names: HashSet<(String, String, String)>,
-    report: Report,
-}
-
-impl Run {
-    async fn apply_steps(&mut self, steps: &[Step]) {
-        let mut crds = Vec::new();
-        for (i, step) in steps.iter().enumerate() {
-            match self.restore_one(step).await {
-                Ok(outcome) => {
-                    let counts = &mut self.report.counts;
-                    match outcome {
-                        Outcome::Created => counts.created += 1,
-                        Outcome::Updated => counts.updated += 1,
-                        Outcome::Unchanged => counts.unchanged += 1,
-                        Outcome::Skipped => counts.skipped += 1,
-                    }
-                    if step.tier == Tier::CustomResourceDefinitions {
-                        crds.push(step);
-                    }
-                }
-                Err(error) => self.report.fail(step.label(), error.to_string()),
-            }
-            let last_crd = step.tier == Tier::CustomResourceDefinitions
-                && steps
-                    .get(i + 1)
-                    .is_none_or(|next| next.tier != Tier::CustomResourceDefinitions);
-            if last_crd && !self.options.dry_run {
-                for crd in std::mem::take(&mut crds) {
-                    if let Err(reason) = wait_established(&self.client, &crd.name).await {
-                        self.report.fail(crd.label(), reason);
-                    }
-                }
-            }
-        }
-    }
-
-    async fn restore_one(&mut self, step: &Step) -> Result<Outcome> {
-        let label = step.label();
-        let api = api_for(&self.client, &step.entry.resource, step.namespace.as_deref());
-        let live = retry(&step.entry.resource, || api.get_opt(&step.name))
-            .await
-            .map_err(|e| Error::kube(format!("reading {label}"), e))?;
-        if live.is_some() && self.options.policy == ExistingResourcePolicy::Skip {
-            self.report.list(|p| &mut p.skip, label);
-            return Ok(Outcome::Skipped);
-        }
-        let owners = self.resolve_owners(step).await;
-        let (mut desired, dropped) = plan::desired(
-            step,
-            |r| owners.get(r["uid"].as_str()?).cloned(),
-            &self.options.selection,
-        );
-        for owner in dropped {
-            self.report.orphaned.push(format!(
-                "{label}: owner {owner} is neither in the archive nor in the cluster"
-            ));
-        }
-        if self.is_scaled_workload(step) {
-            desired["spec"]["replicas"] = json!(0);
-        }
-        if self.options.dry_run {
-            return self.plan_one(&api, step, live, &desired).await;
-        }
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let patch = Patch::Apply(&desired);
-        let applied = retry(&step.entry.resource, || api.patch(&step.name, &params, &patch))
-            .await
-            .map_err(|e| Error::kube(format!("applying {label}"), e))?;
-        if let Some(uid) = &applied.metadata.uid {
-            self.new_uids.insert(step.entry.uid.clone(), uid.clone());
-        }
-        let status = &step.object["status"];
-        let resource = &step.entry.resource;
-        let status_changed = if status.is_object()
-            && self
-                .status_kinds
-                .contains(&format!("{}/{}", resource.group, resource.plural))
-        {
-            let patch = Patch::Merge(json!({ "status": status }));
-            let status_params = PatchParams::default();
-            let patched = retry(resource, || api.patch_status(&step.name, &status_params, &patch))
-                .await
-                .map_err(|e| Error::kube(format!("restoring the status of {label}"), e))?;
-            patched.data.get("status") != live.as_ref().and_then(|l| l.data.get("status"))
-        } else {
-            false
-        };
-        // Compared field by field: taking over field ownership alone bumps resourceVersion.
-        let json = |o: &DynamicObject| serde_json::to_value(o).unwrap_or_default();
-        Ok(match live {
-            None => Outcome::Created,
-            Some(live) if plan::changed_fields(&json(&live), &json(&applied)).is_empty() && !status_changed => {
-                Outcome::Unchanged
-            }
-            Some(_) => Outcome::Updated,
-        })
-    }
-
-    async fn plan_one(
-        &mut self,
-        api: &Api<DynamicObject>,
-        step: &Step,
-        live: Option<DynamicObject>,
-        desired: &Value,
-    ) -> Result<Outcome> {
-        let label = step.label();
-        let Some(live) = live else {
-            self.report.list(|p| &mut p.create, label);
-            return Ok(Outcome::Created);
-        };
-        let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-        let patch = Patch::Apply(desired);
-        let after = retry(&step.entry.resource, || api.patch(&step.name, &params, &patch))
-            .await
-            .map_err(|e| Error::kube(format!("dry-run applying {label}"), e))?;
-        let json = |o: &DynamicObject| serde_json::to_value(o).unwrap_or_default();
-        let fields = plan::changed_fields(&json(&live), &json(&after));
-        if fields.is_empty() {
-            self.report.list(|p| &mut p.unchanged, label);
-            Ok(Outcome::Unchanged)
-        } else {
-            self.report
-                .list(|p| &mut p.update, format!("{label} ({})", fields.join(", ")));
-            Ok(Outcome::Updated)
-        }
-    }
-
-    /// New UIDs of the owners of `step`'s object, by old UID: restored in this run, or found
-    /// live by kind, namespace and name. Owners found nowhere are left out (and dropped).
-    async fn resolve_owners(&self, step: &Step) -> HashMap<String, String> {
-        let mut found = HashMap::new();
-        for reference in step.object["metadata"]["ownerReferences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let Some(old_uid) = reference["uid"].as_str() else {
-                continue;
-            };
-            if let Some(uid) = self.new_uids.get(old_uid) {
-                found.insert(old_uid.to_string(), uid.clone());
-                continue;
-            }
-            let (resource, namespace, name) = match self.index.get(old_uid) {
-                Some(entry) => (
-                    Some(entry.resource.clone()),
-                    entry
-                        .namespace
-                        .as_deref()
-                        .map(|ns| self.options.selection.map_namespace(ns)),
-                    if entry.resource.group.is_empty() && entry.resource.plural == "namespaces" {
-                        self.options.selection.map_namespace(&entry.name)
-                    } else {
-                        entry.name.clone()
-                    },
-                ),
-                None => {
-                    let api_version = reference["apiVersion"].as_str().unwrap_or_default();
-                    let group = api_version.split_once('/').map_or("", |(g, _)| g);
-                    let kind = reference["kind"].as_str().unwrap_or_default();
-                    let resource = self
-                        .served
-                        .iter()
-                        .find(|s| s.resource.group == group && s.resource.kind == kind)
-                        .map(|s| s.resource.clone());
-                    let namespace = resource.as_ref().filter(|r| r.namespaced).and(step.namespace.clone());
-                    (
-                        resource,
-                        namespace,
-                        reference["name"].as_str().unwrap_or_default().to_string(),
-                    )
-                }
-            };
-            let Some(resource) = resource else { continue };
-            let api = api_for(&self.client, &resource, namespace.as_deref());
-            if let Ok(Some(owner)) = api.get_opt(&name).await
-                && let Some(uid) = owner.metadata.uid
-            {
-                found.insert(old_uid.to_string(), uid);
-            }
-        }
-        found
-    }
-
-    /// Scales the ResourceSet's controllerReferences to zero; returns what to scale back.
-    /// A workload that does not exist yet comes back at its archived replicas.
-    async fn scale_down(&mut self, archive: &Archive) -> Vec<Scaled> {
-        let mut scaled = Vec::new();
-        for reference in &archive.resource_set.controller_references {
-            let group = reference.api_version.split_once('/').map_or("", |(g, _)| g);
-            let namespace = self.options.selection.map_namespace(&reference.namespace);
-            let label = format!("{} {}/{}", reference.resource, namespace, reference.name);
-            let Some(served) = self
-                .served
-                .iter()
-                .find(|s| s.resource.group == group && s.resource.plural == reference.resource)
-            else {
-                self.report
-                    .fail(label, "controllerReference: the cluster serves no such resource".into());
-                continue;
-            };
-            let api = api_for(&self.client, &served.resource, Some(&namespace));
-            self.scaled_names
-                .insert((reference.resource.clone(), namespace.clone(), reference.name.clone()));
-            let archived = archive.objects.iter().find(|(e, _)| {
-                e.resource.plural == reference.resource
-                    && e.namespace.as_deref() == Some(reference.namespace.as_str())
-                    && e.name == reference.name
-            });
-            let replicas = match api.get_scale(&reference.name).await {
-                Ok(scale) => {
-                    let zero = Patch::Merge(json!({"spec": {"replicas": 0}}));
-                    if let Err(e) = api.patch_scale(&reference.name, &PatchParams::default(), &zero).await {
-                        self.report.fail(label, format!("scaling down before the restore: {e}"));
-                        continue;
-                    }
-                    scale.spec.and_then(|s| s.replicas).map(i64::from).unwrap_or(0)
-                }
-                Err(kube::Error::Api(status)) if status.code == 404 => match archived {
-                    Some((_, object)) => object["spec"]["replicas"].as_i64().unwrap_or(1),
-                    None => continue,
-                },
-                Err(e) => {
-                    self.report
-                        .fail(label, format!("reading its scale before the restore: {e}"));
-                    continue;
-                }
-            };
-            scaled.push(Scaled {
-                api,
-                label,
-                name: reference.name.clone(),
-                replicas,
-            });
-        }
-        scaled
-    }
-
-    /// Gives every scaled workload its replicas back, whatever happened in between.
-    async fn scale_back(&mut self, scaled: Vec<Scaled>) {
-        for workload in scaled {
-            let patch = Patch::Merge(json!({"spec": {"replicas": workload.replicas}}));
-            match workload
-                .api
-                .patch_scale(&workload.name, &PatchParams::default(), &patch)
-                .await
-            {
-                Ok(_) => {}
-                // Not restored (filtered out, or it failed and is listed already): nothing to scale.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => self.report.fail(
-                    workload.label,
-                    format!("scaling back to {} replicas after the restore: {e}", workload.replicas),
-                ),
-            }
-        }
-    }
-
-    fn is_scaled_workload(&self, step: &Step) -> bool {
-        let key = (
-            step.entry.resource.plural.clone(),
-            step.namespace.clone().unwrap_or_default(),
-            step.name.clone(),
-        );
-        self.scaled_names.contains(&key)
-    }
-}
-
-/// Custom resource types (`group/plural`) with a status subresource, from the archive's CRDs
-/// and the cluster's.
-async fn status_kinds(client: &kube::Client, archive: &Archive) -> HashSet<String> {
-    let mut crds: Vec<Value> = archive
-        .objects
+    let parts = archive::parse_path(&path).ok_or_else(|| bad(format!("unexpected entry {path}")))?;
+    // The kind names the object in errors before it is decrypted; the object says it after.
+    let served_kind = served
         .iter()
-        .filter(|(e, _)| e.resource.plural == "customresourcedefinitions")
-        .map(|(_, o)| o.clone())
-        .collect();
+        .find(|s| s.resource.group == parts.group && s.resource.plural == parts.plural)
+        .map(|s| s.resource.kind.clone())
+        .unwrap_or_else(|| parts.plural.clone());
+    let decrypted;
+    let json = if parts.encrypted {
+        let mut entry = IndexEntry::new(path.clone(), parts.clone(), served_kind.clone(), &Value::Null);
+        entry.uid.clear();
+        let label = archive::describe(&entry);
+        let Some(config) = encryption else {
+            let (provider, key) = crate::encryption::describe(data).unwrap_or_default();
+            return Err(Error::Decrypt {
+                object: label,
+                provider,
+                key,
+                tried: "(none)".into(),
+                reason: "the archive holds encrypted objects: set spec.encryptionConfigSecretName".into(),
+            });
+        };
+        decrypted = config.open(&label, path.as_bytes(), data)?;
+        &decrypted[..]
+    } else {
+        data
+    };
+    let object: Value = serde_json::from_slice(json).map_err(|e| bad(format!("{path}: {e}")))?;
+    let kind = object["kind"].as_str().map_or(served_kind, String::from);
+    Ok((IndexEntry::new(path, parts, kind, &object), object))
+}
+
+/// `group/plural` of a CRD with a status subresource in any version.
+fn status_kind(crd: &Value) -> Option<String> {
+    let has_status = crd["spec"]["versions"]
+        .as_array()
+        .is_some_and(|versions| versions.iter().any(|v| v["subresources"]["status"].is_object()));
+    has_status.then(|| {
+        format!(
+            "{}/{}",
+            crd["spec"]["group"].as_str().unwrap_or_default(),
+            crd["spec"]["names"]["plural"].as_str().unwrap_or_default()
+        )
+    })
+}
+
+/// The cluster's custom resource types with a status subresource, added to the archive's.
+pub(crate) async fn cluster_status_kinds(client: &kube::Client, kinds: &mut HashSet<String>) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     if let Ok(list) = api.list(&ListParams::default()).await {
-        crds.extend(list.items.iter().filter_map(|crd| serde_json::to_value(crd).ok()));
-    }
-    crds.iter()
-        .filter(|crd| {
-            crd["spec"]["versions"]
-                .as_array()
-                .is_some_and(|versions| versions.iter().any(|v| v["subresources"]["status"].is_object()))
-        })
-        .map(|crd| {
-            format!(
-                "{}/{}",
-                crd["spec"]["group"].as_str().unwrap_or_default(),
-                crd["spec"]["names"]["plural"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
-/// An API for `resource`, in `namespace` when it is namespaced.
-pub fn api_for(client: &kube::Client, resource: &ResourceType, namespace: Option<&str>) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(&resource.group, &resource.version, &resource.kind);
-    let api_resource = ApiResource::from_gvk_with_plural(&gvk, &resource.plural);
-    match namespace.filter(|_| resource.namespaced) {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &api_resource),
-        None => Api::all_with(client.clone(), &api_resource),
-    }
-}
-
-/// Retries transient API errors (throttling, server errors, conflicts, and a custom resource
-/// type not served yet right after its CRD) a few times with growing pauses.
-async fn retry<T, F, Fut>(resource: &ResourceType, mut call: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, kube::Error>>,
-{
-    let custom = resource.group.contains('.') && !resource.group.ends_with("k8s.io");
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(kube::Error::Api(status))
-                if attempt < ATTEMPTS
-                    && (matches!(status.code, 409 | 429 | 500 | 502 | 503 | 504) || (custom && status.code == 404)) =>
-            {
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn wait_established(client: &kube::Client, name: &str) -> Result<(), String> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let deadline = tokio::time::Instant::now() + ESTABLISH_TIMEOUT;
-    loop {
-        let established = api.get_opt(name).await.ok().flatten().is_some_and(|crd| {
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
+        kinds.extend(
+            list.items
                 .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "not Established after {ESTABLISH_TIMEOUT:?}: its custom resources may fail"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+                .filter_map(|crd| serde_json::to_value(crd).ok())
+                .filter_map(|crd| status_kind(&crd)),
+        );
     }
 }

@@ -3,26 +3,30 @@
 //! the bounded failure list and, for dry runs, the plan. A restore is one run.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use stowage_api::resource_backup::ResourceBackupPhase;
-use stowage_api::resource_restore::{ResourceRestorePhase, ResourceRestoreStatus};
+use stowage_api::resource_restore::{ResourceRestorePhase, ResourceRestoreProgress, ResourceRestoreStatus};
 use stowage_api::{ResourceBackup, ResourceRestore};
 use stowage_core::Identities;
 use stowage_operator::conditions::to_time;
 use stowage_operator::{Context, Error, Result, resolve_storage, secrets, status};
 
+use crate::ResourceContext;
 use crate::plan::Selection;
-use crate::reconcile::{encryption_config, set_conditions, to_kit};
+use crate::reader::Source;
+use crate::reconcile::{encryption_config, report_progress, set_conditions, to_kit};
 use crate::restore::{self, Options};
 
 const KIND: &str = "ResourceRestore";
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn reconcile(object: Arc<ResourceRestore>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>) -> Result<Action> {
+    let ctx = rctx.kit.clone();
     let api: Api<ResourceRestore> = Api::all(ctx.client.clone());
     let name = object.name_any();
     let status = object.status.as_ref();
@@ -96,14 +100,38 @@ pub async fn reconcile(object: Arc<ResourceRestore>, ctx: Arc<Context>) -> Resul
 
     let started = std::time::Instant::now();
     let options = options(&object);
-    let run = async {
-        let archive = restore::fetch(store, &path, identities, encryption.as_ref()).await?;
-        restore::apply(&ctx.client, &archive, &options).await
+    let progress = restore::Progress {
+        outcomes: Some(rctx.metrics.restore_objects.clone()),
+        ..Default::default()
     };
+    let snapshot = {
+        let progress = progress.clone();
+        move || {
+            let total = progress.total.load(Ordering::Relaxed);
+            ResourceRestoreProgress {
+                verified_objects: progress.verified.load(Ordering::Relaxed),
+                objects: progress.done.load(Ordering::Relaxed),
+                total: (total > 0).then_some(total),
+            }
+        }
+    };
+    let reporter = {
+        let snapshot = snapshot.clone();
+        report_progress(api.clone(), name.clone(), move || {
+            serde_json::to_value(snapshot()).unwrap_or_default()
+        })
+    };
+    let in_progress = ctx.metrics.runs_in_progress.with_label_values(&[KIND, "Restore"]);
+    in_progress.inc();
+    let archive = Source::new(store, &path, identities);
+    let run = restore::run(&ctx.client, &archive, encryption.as_ref(), &options, &progress);
     let outcome = tokio::select! {
         outcome = run => outcome.map_err(to_kit),
         _ = ctx.shutdown.cancelled() => Err(Error::permanent("Interrupted", "the controller stopped during the restore; some objects may have been applied: create a new ResourceRestore to finish it")),
     };
+    in_progress.dec();
+    drop(reporter);
+    state.progress = Some(snapshot());
     let seconds = started.elapsed().as_secs_f64();
     let report = match outcome {
         Ok(report) => report,
@@ -113,6 +141,12 @@ pub async fn reconcile(object: Arc<ResourceRestore>, ctx: Arc<Context>) -> Resul
         }
     };
     let counts = &report.counts;
+    if !object.spec.dry_run {
+        rctx.metrics
+            .restore_objects
+            .with_label_values(&["Deleted"])
+            .inc_by(counts.deleted);
+    }
     let summary = format!(
         "{} created, {} updated, {} unchanged, {} skipped, {} deleted, {} failed",
         counts.created, counts.updated, counts.unchanged, counts.skipped, counts.deleted, counts.failed

@@ -192,6 +192,8 @@ async fn resource_backup_and_restores_through_the_controllers() -> anyhow::Resul
         assert_eq!(status["phase"], "Succeeded", "{status}");
         assert!(status["objectCount"].as_u64().unwrap_or(0) >= 10, "{status}");
         assert_eq!(status["encryptedObjects"], 1, "{status}");
+        assert_eq!(status["progress"]["objects"], status["objectCount"], "{status}");
+        assert!(status["progress"]["storedBytes"].as_u64().unwrap_or(0) > 0, "{status}");
         assert_eq!(status["kinds"]["Deployment.apps"], 1, "{status}");
         assert!(
             status["clusterId"].as_str().is_some_and(|id| !id.is_empty()),
@@ -260,6 +262,12 @@ async fn resource_backup_and_restores_through_the_controllers() -> anyhow::Resul
         let status = phase::<ResourceRestore>(&client, &real, &["Succeeded", "PartiallyFailed", "Failed"]).await?;
         assert_eq!(status["phase"], "Succeeded", "{status}");
         assert!(status["counts"]["created"].as_u64().unwrap_or(0) >= 9, "{status}");
+        let progress = &status["progress"];
+        assert!(
+            progress["objects"] == progress["total"]
+                && progress["verifiedObjects"].as_u64() >= progress["total"].as_u64(),
+            "{status}"
+        );
         assert_restored(&client, &ns).await?;
 
         // From storage and path, into another namespace, ConfigMaps only.

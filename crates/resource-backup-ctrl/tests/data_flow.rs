@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use common::*;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -18,6 +20,7 @@ use stowage_core::testing::S3Server;
 use stowage_core::{BackupRequest, Identities};
 use stowage_e2e::{bed, wait_for};
 use stowage_resource_backup_ctrl::encryption::EncryptionConfig;
+use stowage_resource_backup_ctrl::reader::Source;
 use stowage_resource_backup_ctrl::{backup, plan, restore};
 
 fn options() -> restore::Options {
@@ -37,7 +40,12 @@ async fn back_up_delete_restore_a_namespace_with_owners_relinked_and_secrets_enc
         let config = EncryptionConfig::parse("test", &encryption_config(&[("key1", KEY1)]))?;
         let path = format!("flow/{ns}.tar.gz");
         let request = BackupRequest::new(s3.store(), &path, "ResourceBackup", format!("test {ns}"));
-        let outcome = backup::run(&client, &set, Some(config), request).await?;
+        let progress = backup::Progress::default();
+        let outcome = backup::run(&client, &set, Some(config), request, &progress).await?;
+        assert_eq!(
+            progress.objects.load(std::sync::atomic::Ordering::Relaxed),
+            outcome.summary.objects
+        );
         assert!(outcome.summary.objects >= 10, "{:?}", outcome.summary);
         assert_eq!(
             outcome.summary.kinds["Secret"], 1,
@@ -81,9 +89,17 @@ async fn back_up_delete_restore_a_namespace_with_owners_relinked_and_secrets_enc
 
         // A rotated configuration (new first key, old key kept) still decrypts.
         let rotated = EncryptionConfig::parse("rotated", &encryption_config(&[("key2", KEY2), ("key1", KEY1)]))?;
-        let archive = restore::fetch(s3.store(), &path, Identities::none(), Some(&rotated)).await?;
-        let report = restore::apply(&client, &archive, &options()).await?;
+        let source = Source::new(s3.store(), &path, Identities::none());
+        let progress = restore::Progress::default();
+        let report = restore::run(&client, &source, Some(&rotated), &options(), &progress).await?;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(
+            report.passes, 2,
+            "verified once, applied in one pass: the backup wrote types in restore order"
+        );
+        let done = progress.done.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(done, progress.total.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(done, progress.verified.load(std::sync::atomic::Ordering::Relaxed));
         assert!(report.counts.created >= 9, "{:?}", report.counts);
         assert_restored(&client, &ns).await?;
         let deployment = Api::<Deployment>::namespaced(client.clone(), &ns).get("web").await?;
@@ -111,17 +127,20 @@ async fn back_up_delete_restore_a_namespace_with_owners_relinked_and_secrets_enc
 
         // A wrong key fails before anything is applied, naming the object and the keys tried.
         let wrong = EncryptionConfig::parse("wrong", &encryption_config(&[("key1", KEY2)]))?;
-        let error = restore::fetch(s3.store(), &path, Identities::none(), Some(&wrong))
+        let selection = plan::Selection::default();
+        let error = restore::verify(&client, &source, Some(&wrong), &selection)
             .await
-            .unwrap_err()
+            .err()
+            .context("a wrong key fails")?
             .to_string();
         assert!(
             error.contains(&format!("Secret {ns}/db")) && error.contains("aescbc:key1"),
             "{error}"
         );
-        let error = restore::fetch(s3.store(), &path, Identities::none(), None)
+        let error = restore::verify(&client, &source, None, &selection)
             .await
-            .unwrap_err()
+            .err()
+            .context("no key fails")?
             .to_string();
         assert!(error.contains("encryptionConfigSecretName"), "{error}");
         Ok(())
@@ -137,8 +156,12 @@ async fn dry_run_skip_update_prune_mapping_and_filters() -> anyhow::Result<()> {
         populate(&client, &ns).await?;
         let path = format!("plan/{ns}.tar.gz");
         let request = BackupRequest::new(s3.store(), &path, "ResourceBackup", "test");
-        backup::run(&client, &resource_set(&ns), None, request).await?;
-        let archive = restore::fetch(s3.store(), &path, Identities::none(), None).await?;
+        backup::run(&client, &resource_set(&ns), None, request, &backup::Progress::default()).await?;
+        let source = Source::new(s3.store(), &path, Identities::none());
+        let apply = |options: restore::Options| {
+            let (client, source) = (client.clone(), source.clone());
+            async move { restore::run(&client, &source, None, &options, &restore::Progress::default()).await }
+        };
 
         // Change one object, add one the backup does not have.
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -150,7 +173,7 @@ async fn dry_run_skip_update_prune_mapping_and_filters() -> anyhow::Result<()> {
 
         // Dry run: the plan names the change and the extra, and nothing moves.
         let dry = restore::Options { dry_run: true, prune: true, ..options() };
-        let report = restore::apply(&client, &archive, &dry).await?;
+        let report = apply(dry).await?;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
         let settings = format!("ConfigMap {ns}/settings");
         assert!(report.plan.update.iter().any(|u| u.starts_with(&settings) && u.contains("data")), "{:?}", report.plan);
@@ -161,11 +184,11 @@ async fn dry_run_skip_update_prune_mapping_and_filters() -> anyhow::Result<()> {
 
         // Skip leaves the changed object alone; Update restores it and prune removes the extra.
         let skip = restore::Options { policy: ExistingResourcePolicy::Skip, ..options() };
-        let report = restore::apply(&client, &archive, &skip).await?;
+        let report = apply(skip).await?;
         assert!(report.counts.skipped >= 8 && report.counts.updated == 0, "{:?}", report.counts);
         assert_eq!(mode().await?, "slow");
         let update = restore::Options { prune: true, ..options() };
-        let report = restore::apply(&client, &archive, &update).await?;
+        let report = apply(update).await?;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
         assert_eq!(mode().await?, "fast");
         assert_eq!(report.counts.deleted, 1, "{:?}", report.plan.delete);
@@ -182,7 +205,7 @@ async fn dry_run_skip_update_prune_mapping_and_filters() -> anyhow::Result<()> {
             },
             ..options()
         };
-        let report = restore::apply(&client, &archive, &mapped).await?;
+        let report = apply(mapped).await?;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
         let copies: Api<ConfigMap> = Api::namespaced(client.clone(), &target);
         assert_eq!(copies.get("settings").await?.data.unwrap_or_default()["mode"], "fast");
