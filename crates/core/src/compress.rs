@@ -7,13 +7,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-
-use flate2::write::GzEncoder;
 
 use crate::bridge::ChannelWriter;
+use crate::gzip::{self, MemberEncoder};
+use crate::pool::{Pool, Ticket};
 use crate::record::{Algorithm, Compression};
 use crate::tally::TallyWriter;
 
@@ -41,8 +38,7 @@ pub(crate) fn compressor(compression: &Compression, inner: Box<dyn FinishWrite>)
     let workers = compression.effective_workers();
     Ok(match compression.algorithm {
         Algorithm::None => inner,
-        Algorithm::Gzip if workers <= 1 => Box::new(Gzip(GzEncoder::new(inner, flate2::Compression::new(level)))),
-        Algorithm::Gzip => Box::new(ParallelGzip::new(inner, level, workers)),
+        Algorithm::Gzip => Box::new(ParallelGzip::new(inner, level, workers)?),
         Algorithm::Zstd => {
             let mut encoder = zstd::stream::write::Encoder::new(inner, level as i32)?;
             if workers > 1 {
@@ -57,41 +53,22 @@ pub(crate) fn compressor(compression: &Compression, inner: Box<dyn FinishWrite>)
     })
 }
 
-/// Wraps `inner` in the decoder for `algorithm`. gzip input may hold several members.
+/// Wraps `inner` in the decoder for `algorithm`. gzip input may hold several
+/// members; indexed ones are inflated on `workers` threads.
 pub(crate) fn decompressor<'a>(
     algorithm: Algorithm,
     inner: Box<dyn Read + Send + 'a>,
+    workers: usize,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match algorithm {
         Algorithm::None => inner,
-        Algorithm::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(
-            64 * 1024,
-            inner,
-        ))),
+        Algorithm::Gzip => gzip::reader(inner, workers)?,
         Algorithm::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
     })
 }
 
 /// Input per zstd job when compressing with several threads.
 const ZSTD_JOB_SIZE: u32 = 1024 * 1024;
-
-/// Single-threaded gzip: one member.
-struct Gzip(GzEncoder<Box<dyn FinishWrite>>);
-
-impl Write for Gzip {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl FinishWrite for Gzip {
-    fn finish(self: Box<Self>) -> io::Result<()> {
-        self.0.finish()?.finish()
-    }
-}
 
 /// Multithreaded zstd (zstd's own worker pool).
 struct Zstd(zstd::stream::write::Encoder<'static, Box<dyn FinishWrite>>);
@@ -111,70 +88,41 @@ impl FinishWrite for Zstd {
     }
 }
 
-/// Input per parallel gzip member. Members are independent, so each costs its
-/// first 32 KiB of context; at 1 MiB that is well under 1% of ratio.
-const GZIP_BLOCK: usize = 1024 * 1024;
-
-struct Job {
-    data: Vec<u8>,
-    reply: SyncSender<io::Result<Vec<u8>>>,
-}
-
 /// Parallel gzip in the manner of pigz: the input is cut into blocks that a
-/// pool of threads compresses as independent gzip members, written out in
-/// order. `gunzip` (and [`decompressor`]) read the concatenation as one stream.
+/// pool of threads compresses as independent, indexed gzip members
+/// ([`crate::gzip`]), written out in order. `gunzip` reads the concatenation as
+/// one stream; restores inflate the members in parallel.
 struct ParallelGzip {
     inner: Box<dyn FinishWrite>,
     block: Vec<u8>,
     /// Members in flight, oldest first; bounded to keep memory flat.
-    pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
+    pending: VecDeque<Ticket<io::Result<Vec<u8>>>>,
     max_pending: usize,
-    jobs: Option<SyncSender<Job>>,
-    threads: Vec<JoinHandle<()>>,
+    pool: Pool<Vec<u8>, io::Result<Vec<u8>>>,
     wrote_member: bool,
 }
 
 impl ParallelGzip {
-    fn new(inner: Box<dyn FinishWrite>, level: u32, workers: usize) -> Self {
-        let (jobs, queue) = sync_channel::<Job>(workers);
-        let queue = Arc::new(Mutex::new(queue));
-        let threads = (0..workers)
-            .map(|_| {
-                let queue = queue.clone();
-                std::thread::spawn(move || {
-                    loop {
-                        // Holding the lock only while receiving hands each job to one idle worker.
-                        let job = match queue.lock() {
-                            Ok(queue) => queue.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        let _ = job.reply.send(gzip_member(&job.data, level));
-                    }
-                })
-            })
-            .collect();
-        ParallelGzip {
+    fn new(inner: Box<dyn FinishWrite>, level: u32, workers: usize) -> io::Result<Self> {
+        let level = gzip::level(level)?;
+        let pool = Pool::new(
+            workers,
+            move || MemberEncoder::new(level),
+            |encoder: &mut MemberEncoder, block: Vec<u8>| encoder.encode(&block),
+        );
+        Ok(ParallelGzip {
             inner,
-            block: Vec::with_capacity(GZIP_BLOCK),
+            block: Vec::with_capacity(gzip::BLOCK),
             pending: VecDeque::new(),
-            max_pending: workers * 2,
-            jobs: Some(jobs),
-            threads,
+            max_pending: workers.max(1) * 2,
+            pool,
             wrote_member: false,
-        }
+        })
     }
 
     fn submit_block(&mut self) -> io::Result<()> {
-        let data = std::mem::replace(&mut self.block, Vec::with_capacity(GZIP_BLOCK));
-        let (reply, result) = sync_channel(1);
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("parallel gzip already finished"))?;
-        jobs.send(Job { data, reply })
-            .map_err(|_| io::Error::other("gzip worker threads stopped"))?;
-        self.pending.push_back(result);
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(gzip::BLOCK));
+        self.pending.push_back(self.pool.submit(block)?);
         self.wrote_member = true;
         while self.pending.len() > self.max_pending {
             self.write_oldest()?;
@@ -183,27 +131,19 @@ impl ParallelGzip {
     }
 
     fn write_oldest(&mut self) -> io::Result<()> {
-        if let Some(result) = self.pending.pop_front() {
-            let member = result
-                .recv()
-                .map_err(|_| io::Error::other("a gzip worker thread died"))??;
+        if let Some(ticket) = self.pending.pop_front() {
+            let member = ticket.wait()??;
             self.inner.write_all(&member)?;
         }
         Ok(())
     }
 }
 
-fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 3 + 64), flate2::Compression::new(level));
-    encoder.write_all(data)?;
-    encoder.finish()
-}
-
 impl Write for ParallelGzip {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(GZIP_BLOCK - self.block.len());
+        let n = buf.len().min(gzip::BLOCK - self.block.len());
         self.block.extend_from_slice(&buf[..n]);
-        if self.block.len() == GZIP_BLOCK {
+        if self.block.len() == gzip::BLOCK {
             self.submit_block()?;
         }
         Ok(n)
@@ -223,16 +163,14 @@ impl FinishWrite for ParallelGzip {
         while !self.pending.is_empty() {
             self.write_oldest()?;
         }
-        self.jobs = None;
-        for thread in std::mem::take(&mut self.threads) {
-            let _ = thread.join();
-        }
         self.inner.finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     /// A terminal stage collecting into a shared buffer.
@@ -261,7 +199,7 @@ mod tests {
         stage.finish().unwrap();
         let compressed = out.lock().unwrap().clone();
         let mut back = Vec::new();
-        decompressor(compression.algorithm, Box::new(io::Cursor::new(compressed.clone())))
+        decompressor(compression.algorithm, Box::new(io::Cursor::new(compressed.clone())), 2)
             .unwrap()
             .read_to_end(&mut back)
             .unwrap();
@@ -302,7 +240,7 @@ mod tests {
 
     #[test]
     fn parallel_gzip_writes_several_members_in_order() {
-        let data: Vec<u8> = (0..(5 * GZIP_BLOCK as u32 + 17)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(5 * gzip::BLOCK as u32 + 17)).map(|i| (i % 251) as u8).collect();
         let (compressed, back) = round_trip(
             &Compression {
                 workers: Some(2),

@@ -193,7 +193,12 @@ fn decode(
         Box::new(stored)
     };
     let mut plaintext = TallyReader::new(
-        decompressor(manifest.artifact.compression.algorithm, decrypted).map_err(read_error)?,
+        decompressor(
+            manifest.artifact.compression.algorithm,
+            decrypted,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )
+        .map_err(read_error)?,
         progress.plaintext.clone(),
     );
     loop {
