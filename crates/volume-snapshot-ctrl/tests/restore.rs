@@ -346,3 +346,148 @@ async fn a_copy_restore_fills_an_empty_pvc_with_the_same_files() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_failure_after_the_scale_down_puts_the_old_claim_and_replicas_back() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-rollback", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let store = tempfile::tempdir()?;
+        let storage = filesystem_storage(&client, &ns, store.path()).await?;
+        let old_dir = pvc(&client, &ns, "data").await?;
+        write_files(&old_dir, BEFORE)?;
+        deployment(&client, &ns, "app", "data").await?;
+        let backup = backup(
+            &client,
+            &ns,
+            "offsite",
+            json!({
+                "applicationRef": { "kind": "Deployment", "name": "app" },
+                "copy": { "storage": { "name": storage } },
+            }),
+        )
+        .await?;
+        // Damage the stored copy: its manifest (what the checks read) is intact, so the restore
+        // starts, scales the application down, and fails while filling the new claim.
+        let artifact = backup.status.unwrap().volumes[0].artifact.clone().unwrap();
+        let payload = store.path().join(&artifact.artifact.path);
+        let mut bytes = std::fs::read(&payload)?;
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&payload, bytes)?;
+
+        create_restore(
+            &client,
+            &ns,
+            "doomed",
+            json!({
+                "volumeBackupName": "offsite",
+                "source": "Copy",
+                "target": { "applicationRef": { "kind": "Deployment", "name": "app" } },
+                "deleteOldPVCs": true,
+            }),
+        )
+        .await?;
+        let restore = finished_restore(&client, &ns, "doomed").await?;
+        let state = restore.status.clone().unwrap();
+        assert_eq!(state.phase, VolumeRestorePhase::Failed, "{state:#?}");
+        assert_eq!(condition(&state.conditions, "ScaledDown").0, "True", "{state:#?}");
+        assert_eq!(state.previous_replicas, Some(1));
+        let (rolling, reason, message) = condition(&state.conditions, "RollingBack");
+        assert_eq!(
+            (rolling.as_str(), reason.as_str()),
+            ("False", "RolledBack"),
+            "{message}"
+        );
+        assert!(
+            message.contains("Deployment 'app' is back on its old claims"),
+            "{message}"
+        );
+        assert!(message.contains("deleted the new PVCs"), "{message}");
+        assert!(message.contains("scaled back to 1 ready replicas"), "{message}");
+        for step in ["Repointed", "ScaledUp", "OldPVCsDeleted"] {
+            assert_eq!(condition(&state.conditions, step).0, "", "{step}: {state:#?}");
+        }
+
+        // The application runs on its old claim again, and the half-filled new claim is gone.
+        wait_ready(&client, &ns, "Deployment", "app", 1).await?;
+        assert_eq!(mounted_claims(&client, &ns, "app").await?, ["data"]);
+        wait_for("the new PVC to be deleted", || async {
+            Ok((pvc_names(&client, &ns).await? == ["data"]).then_some(()))
+        })
+        .await?;
+        assert_eq!(files(&old_dir).len(), BEFORE.len());
+        let reasons = event_reasons(&client, &ns, "doomed").await?;
+        for reason in ["RestoreStarted", "ScaledDown", "RollingBack", "RestoreFailed"] {
+            assert!(
+                reasons.contains(&reason.to_string()),
+                "{reason} missing from {reasons:?}"
+            );
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_restore_interrupted_after_the_scale_down_is_finished_by_the_next_controller() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-resume", |client, ns| async move {
+        let old_dir = pvc(&client, &ns, "data").await?;
+        write_files(&old_dir, BEFORE)?;
+        deployment(&client, &ns, "app", "data").await?;
+        let controller = start_controller(&client, &ns).await?;
+        let backup = backup(&client, &ns, "nightly", json!({ "pvcNames": ["data"] })).await?;
+        drop(controller);
+        write_files(&old_dir, &[("state", "v2\n")])?;
+
+        // What a controller that died right after the scale-down leaves behind.
+        create_restore(
+            &client,
+            &ns,
+            "interrupted",
+            json!({
+                "volumeBackupName": "nightly",
+                "target": { "applicationRef": { "kind": "Deployment", "name": "app" } },
+            }),
+        )
+        .await?;
+        let restores: Api<stowage_api::VolumeRestore> = Api::namespaced(client.clone(), &ns);
+        let uid = restores.get("interrupted").await?.metadata.uid.unwrap();
+        let new_pvc = format!("data-restored-{}", &uid[..5]);
+        let snapshot = backup.status.unwrap().volumes[0].volume_snapshot.clone();
+        let now = "2026-01-01T00:00:00Z";
+        let done = |type_: &str| json!({ "type": type_, "status": "True", "reason": type_, "message": "done before the controller died", "lastTransitionTime": now });
+        let status = json!({ "status": {
+            "phase": "Running",
+            "previousReplicas": 1,
+            "volumes": [{ "sourcePvc": "data", "pvc": new_pvc, "volumeSnapshot": snapshot, "restored": false }],
+            "conditions": [done("Checked"), done("ScaledDown")],
+        }});
+        restores
+            .patch_status("interrupted", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&status))
+            .await?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments
+            .patch(
+                "app",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({ "spec": { "replicas": 0 } })),
+            )
+            .await?;
+        wait_ready(&client, &ns, "Deployment", "app", 0).await?;
+
+        let _controller = start_controller(&client, &ns).await?;
+        let restore = finished_restore(&client, &ns, "interrupted").await?;
+        let state = restore.status.clone().unwrap();
+        assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
+        wait_ready(&client, &ns, "Deployment", "app", 1).await?;
+        assert_eq!(mounted_claims(&client, &ns, "app").await?, vec![new_pvc.clone()]);
+        let new_dir = volume_dir(&client, &ns, &new_pvc).await?;
+        assert_eq!(files(&new_dir).get("state").map(String::as_str), Some("v1\n"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
