@@ -1,5 +1,535 @@
-//! `cargo xtask bench scheduler` (issue 7).
+//! `cargo xtask bench scheduler [--quick]`: 1,000 BackupSchedules ticking every minute on the
+//! test bed, handled by the release binary of scheduler-ctrl, measured over three ticks
+//! (`--quick`: 100 schedules, one tick). Target: p99 lag under 1 s.
+//!
+//! Runs are ExecBackups that nobody executes: a completer in this process watches them and
+//! marks each Succeeded the moment it appears, so the scheduler always finds its previous run
+//! finished (no Forbid skips) and its history limit deletes one run per schedule per tick.
+//! The real exec controller would start 1,000 Pods a minute on the node simulator, and the
+//! 2-core bed would then measure Pod start-up rather than the scheduler.
+//!
+//! Lag is measured twice, to the millisecond (a run's creationTimestamp has only seconds): by
+//! scheduler-ctrl itself, from the tick to the answer of its create call, logged for every run
+//! at debug and read back from its log (the issue's "time from tick to run creation"); and by
+//! the completer, from the tick (the run's `stowage.io/scheduled-at`) to the moment its watch
+//! sees the run, which adds the watch's delivery and so bounds the first from above. CPU and
+//! RSS come from /proc for the scheduler process, sampled every second; the apiserver's CPU is
+//! beside it, since every run costs the apiserver too.
 
-pub fn run(_quick: bool) -> anyhow::Result<()> {
-    anyhow::bail!("`bench scheduler` is not built yet")
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Timelike as _, Utc};
+use futures::{StreamExt as _, TryStreamExt as _};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use serde_json::json;
+use stowage_api::{BackupSchedule, ExecBackup};
+use stowage_e2e::bed::{TestBed, wait_for};
+
+use super::target_dir;
+
+const NAMESPACE: &str = "bench-scheduler";
+
+/// Lags seen by the completer: tick → milliseconds, for each run.
+type Lags = Arc<Mutex<BTreeMap<String, (DateTime<Utc>, f64)>>>;
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    let (schedules, ticks) = if quick { (100, 1) } else { (1000, 3) };
+    let root = crate::deps::workspace_root();
+    eprintln!("building scheduler-ctrl (release)…");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "stowage-scheduler-ctrl",
+            "--bin",
+            "scheduler-ctrl",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("building scheduler-ctrl failed");
+    }
+    let binary = target_dir(&root).join("release/scheduler-ctrl");
+    let dir = target_dir(&root).join("stowage-bench");
+    std::fs::create_dir_all(&dir)?;
+    let info = crate::envtest::start()?;
+    let apiserver_pid = info.pids.get("kube-apiserver").copied();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(async {
+        let bed = TestBed::connect(info.clone()).await?;
+        let client = bed.client();
+        stowage_e2e::crds::apply_crds(&client, &stowage_api::crds()).await?;
+        crate::demo::fresh_namespace(&client, NAMESPACE).await?;
+
+        let lags: Lags = Arc::default();
+        let completer = tokio::spawn(complete_runs(client.clone(), lags.clone()));
+        let port = free_port()?;
+        let log = dir.join("scheduler-ctrl.log");
+        let mut controller = Controller::start(&binary, &info.kubeconfig, port, &log)?;
+
+        eprintln!("creating {schedules} schedules ticking every minute…");
+        create_schedules(&client, schedules).await?;
+        wait_ready(&client, schedules).await?;
+
+        // The measured ticks: whole minutes, starting at the first after every schedule is ready.
+        let now = Utc::now();
+        let first_tick = now
+            .with_second(0)
+            .and_then(|t| t.with_nanosecond(0))
+            .context("a minute")?
+            + chrono::Duration::minutes(1);
+        let end = first_tick + chrono::Duration::minutes(ticks);
+        eprintln!("measuring ticks {first_tick} to {end} (exclusive)…");
+        let mut samples = Samples::default();
+        let load_before = load_average();
+        while Utc::now() < end {
+            if let Some(status) = controller.child.try_wait()? {
+                bail!("scheduler-ctrl exited with {status}: see {}", log.display());
+            }
+            let in_window = Utc::now() >= first_tick - chrono::Duration::seconds(1);
+            samples.take(controller.pid(), apiserver_pid, in_window);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        samples.take(controller.pid(), apiserver_pid, true);
+        let load_after = load_average();
+        let metrics = scrape(port).unwrap_or_else(|error| format!("# /metrics unavailable: {error}"));
+        controller.stop();
+        completer.abort();
+
+        let seen: Vec<f64> = lags
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lag map poisoned"))?
+            .values()
+            .filter(|(tick, _)| *tick >= first_tick && *tick < end)
+            .map(|(_, lag)| *lag)
+            .collect();
+        let created = created_lags(&log, first_tick, end)?;
+        let expected = schedules * ticks as usize;
+        let report = Report {
+            schedules,
+            ticks,
+            expected,
+            created: Distribution::new(created),
+            seen: Distribution::new(seen),
+            samples,
+            metrics,
+            load: (load_before, load_after),
+        };
+        // Schedules and runs go with the namespace; nothing waits for it.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        namespaces.delete(NAMESPACE, &Default::default()).await?;
+        report.render()
+    })?;
+    println!("{report}");
+    let file = dir.join(if quick { "scheduler-quick.md" } else { "scheduler.md" });
+    std::fs::write(&file, &report)?;
+    eprintln!("report written to {}", file.display());
+    Ok(())
+}
+
+/// The release scheduler-ctrl running against the bed, confined to the bench's namespace.
+struct Controller {
+    child: Child,
+}
+
+impl Controller {
+    fn start(
+        binary: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        port: u16,
+        log: &std::path::Path,
+    ) -> anyhow::Result<Controller> {
+        let child = Command::new(binary)
+            .args([
+                "--namespace",
+                NAMESPACE,
+                "--watch-namespace",
+                NAMESPACE,
+                "--leader-elect",
+                "false",
+            ])
+            .args(["--log-format", "json", "--admin-address", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kubeconfig)
+            // Each run's lag, as the scheduler measured it, goes to the log at debug.
+            .env("RUST_LOG", "warn,stowage_scheduler_ctrl::reconcile=debug")
+            // tracing writes to stdout.
+            .stdout(std::fs::File::create(log)?)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Controller { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Plays the run kind's controller: every new run is marked Succeeded at once, and the time
+/// from its tick to this moment is recorded.
+async fn complete_runs(client: kube::Client, lags: Lags) -> anyhow::Result<()> {
+    let api: Api<ExecBackup> = Api::namespaced(client, NAMESPACE);
+    let mut events = watcher(api.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    while let Some(run) = events.try_next().await? {
+        let seen = Utc::now();
+        if run.status.is_some() || run.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = run.metadata.name.clone().unwrap_or_default();
+        let tick = run
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("stowage.io/scheduled-at"))
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let Some(tick) = tick else { continue };
+        let fresh = {
+            let mut lags = lags.lock().map_err(|_| anyhow::anyhow!("lag map poisoned"))?;
+            let fresh = !lags.contains_key(&name);
+            lags.entry(name.clone())
+                .or_insert((tick, (seen - tick).num_microseconds().unwrap_or(0) as f64 / 1e6));
+            fresh
+        };
+        if fresh {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let status = json!({"status": {"phase": "Succeeded",
+                    "completionTime": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}});
+                if let Err(error) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                {
+                    eprintln!("completing {name} failed: {error}");
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn create_schedules(client: &kube::Client, count: usize) -> anyhow::Result<()> {
+    let api: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    futures::stream::iter(0..count)
+        .map(|index| {
+            let api = api.clone();
+            async move {
+                let schedule: BackupSchedule = serde_json::from_value(json!({
+                    "apiVersion": "stowage.io/v1alpha1", "kind": "BackupSchedule",
+                    "metadata": {"name": format!("s{index:04}")},
+                    "spec": {"schedule": "* * * * *", "successfulRunsHistoryLimit": 1,
+                        "template": {"kind": "ExecBackup", "spec": {
+                            "backup": {"command": ["true"]}, "storage": {"name": "nowhere"},
+                            "template": {"spec": {"containers": [{"name": "c", "image": "debian:12"}]}}}}},
+                }))?;
+                api.create(&PostParams::default(), &schedule).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn wait_ready(client: &kube::Client, count: usize) -> anyhow::Result<()> {
+    let api: Api<BackupSchedule> = Api::namespaced(client.clone(), NAMESPACE);
+    wait_for(&format!("{count} schedules to be Ready"), || async {
+        let ready = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|s| s.status.as_ref().is_some_and(|s| s.next_schedule_time.is_some()))
+            .count();
+        Ok((ready == count).then_some(()))
+    })
+    .await
+}
+
+/// Per-second readings of /proc for the scheduler (and the apiserver, for context).
+#[derive(Default)]
+struct Samples {
+    /// (scheduler CPU seconds, apiserver CPU seconds) at the start and end of the window.
+    first: Option<(f64, f64, std::time::Instant)>,
+    last: Option<(f64, f64, std::time::Instant)>,
+    previous: Option<(f64, std::time::Instant)>,
+    /// The busiest second of the scheduler, as a fraction of one core.
+    peak_cpu: f64,
+    rss_kib: Vec<u64>,
+    hwm_kib: u64,
+}
+
+impl Samples {
+    fn take(&mut self, pid: u32, apiserver: Option<u32>, in_window: bool) {
+        let now = std::time::Instant::now();
+        let cpu = cpu_seconds(pid).unwrap_or(0.0);
+        let api_cpu = apiserver.and_then(cpu_seconds).unwrap_or(0.0);
+        if !in_window {
+            self.previous = Some((cpu, now));
+            return;
+        }
+        if self.first.is_none() {
+            self.first = Some((cpu, api_cpu, now));
+        }
+        if let Some((before, at)) = self.previous {
+            let seconds = now.duration_since(at).as_secs_f64();
+            if seconds > 0.0 {
+                self.peak_cpu = self.peak_cpu.max((cpu - before) / seconds);
+            }
+        }
+        self.previous = Some((cpu, now));
+        self.last = Some((cpu, api_cpu, now));
+        if let Some((rss, hwm)) = memory_kib(pid) {
+            self.rss_kib.push(rss);
+            self.hwm_kib = self.hwm_kib.max(hwm);
+        }
+    }
+
+    /// Average CPU over the window as fractions of one core: (scheduler, apiserver).
+    fn average_cpu(&self) -> (f64, f64, f64) {
+        match (self.first, self.last) {
+            (Some((c0, a0, t0)), Some((c1, a1, t1))) => {
+                let seconds = t1.duration_since(t0).as_secs_f64().max(1e-6);
+                ((c1 - c0) / seconds, (a1 - a0) / seconds, c1 - c0)
+            }
+            _ => (f64::NAN, f64::NAN, f64::NAN),
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// (VmRSS, VmHWM) of a process, in KiB.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The scheduler's /metrics text.
+fn scrape(port: u16) -> anyhow::Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or(response))
+}
+
+/// The sum of a metric's samples whose line starts with `prefix` (name and labels).
+fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The 1-minute load average: the bed and the machine are shared, so say how busy they were.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Each run's lag as scheduler-ctrl measured it (tick to the create call's answer), from the
+/// `run created` lines of its JSON log, for ticks in `[first, end)` (run names end in the tick).
+fn created_lags(log: &std::path::Path, first: DateTime<Utc>, end: DateTime<Utc>) -> anyhow::Result<Vec<f64>> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let mut lags = Vec::new();
+    for line in text.lines() {
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let fields = &entry["fields"];
+        if fields["message"] != "run created" {
+            continue;
+        }
+        let tick = fields["run"]
+            .as_str()
+            .and_then(|run| run.rsplit_once('-'))
+            .and_then(|(_, unix)| unix.parse::<i64>().ok())
+            .and_then(|unix| DateTime::from_timestamp(unix, 0));
+        if let (Some(tick), Some(lag)) = (tick, fields["lag_seconds"].as_f64())
+            && tick >= first
+            && tick < end
+        {
+            lags.push(lag);
+        }
+    }
+    Ok(lags)
+}
+
+/// Sorted lags in seconds.
+struct Distribution(Vec<f64>);
+
+impl Distribution {
+    fn new(mut lags: Vec<f64>) -> Distribution {
+        lags.sort_by(f64::total_cmp);
+        Distribution(lags)
+    }
+
+    /// The nearest-rank quantile.
+    fn quantile(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
+        self.0[rank - 1]
+    }
+
+    fn row(&self, label: &str) -> String {
+        format!(
+            "| {label} | {} | {:.3} s | {:.3} s | {:.3} s | {:.3} s |",
+            self.0.len(),
+            self.quantile(0.5),
+            self.quantile(0.9),
+            self.quantile(0.99),
+            self.0.last().copied().unwrap_or(f64::NAN)
+        )
+    }
+}
+
+struct Report {
+    schedules: usize,
+    ticks: i64,
+    expected: usize,
+    created: Distribution,
+    seen: Distribution,
+    samples: Samples,
+    metrics: String,
+    load: (String, String),
+}
+
+impl Report {
+    fn render(self) -> anyhow::Result<String> {
+        let (cpu, apiserver_cpu, cpu_seconds) = self.samples.average_cpu();
+        let mut rss = self.samples.rss_kib.clone();
+        rss.sort_unstable();
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        // `+ 0.0`: an empty f64 sum is -0.0.
+        let created_total = metric_sum(&self.metrics, "stowage_schedule_runs_created_total{") + 0.0;
+        let skipped = metric_sum(&self.metrics, "stowage_schedule_ticks_skipped_total{") + 0.0;
+        let mut out = String::new();
+        writeln!(
+            out,
+            "Stowage scheduler benchmark: {} BackupSchedules `* * * * *` (ExecBackup runs completed at once, \
+             successfulRunsHistoryLimit 1), {} measured tick(s), release scheduler-ctrl on the test bed, {} cores, \
+             load average {} before and {} after",
+            self.schedules,
+            self.ticks,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            self.load.0,
+            self.load.1
+        )?;
+        writeln!(
+            out,
+            "\n| lag from tick | runs (expected {}) | p50 | p90 | p99 (target < 1 s) | max |\n|---|---:|---:|---:|---:|---:|",
+            self.expected
+        )?;
+        writeln!(
+            out,
+            "{}",
+            self.created
+                .row("to the run's creation (scheduler-ctrl's clock, each run from its log)")
+        )?;
+        writeln!(
+            out,
+            "{}",
+            self.seen.row("to the run seen by a watch in the bench (upper bound)")
+        )?;
+        writeln!(out, "\n| scheduler-ctrl (release) | value |\n|---|---:|")?;
+        writeln!(
+            out,
+            "| CPU, average over the measured ticks | {:.1}% of a core ({cpu_seconds:.1} CPU s, {:.2} CPU s per tick) |",
+            cpu * 100.0,
+            cpu_seconds / self.ticks.max(1) as f64
+        )?;
+        writeln!(
+            out,
+            "| CPU, busiest second | {:.0}% of a core |",
+            self.samples.peak_cpu * 100.0
+        )?;
+        writeln!(
+            out,
+            "| RSS, median / peak (VmHWM) | {:.1} MiB / {:.1} MiB |",
+            mib(rss.get(rss.len() / 2).copied().unwrap_or(0)),
+            mib(self.samples.hwm_kib)
+        )?;
+        writeln!(
+            out,
+            "| runs created in its lifetime / ticks skipped | {created_total:.0} / {skipped:.0} |"
+        )?;
+        writeln!(
+            out,
+            "| kube-apiserver CPU over the same window, for context | {:.1}% of a core |",
+            apiserver_cpu * 100.0
+        )?;
+        let met = self.created.quantile(0.99) < 1.0 && self.created.0.len() == self.expected;
+        let verdict = if met { "met" } else { "NOT met" };
+        writeln!(
+            out,
+            "\nTarget p99 < 1 s from tick to creation, every run created: {verdict}."
+        )?;
+        Ok(out)
+    }
 }

@@ -386,8 +386,10 @@ impl Pass<'_> {
                     .with_label_values(&[&self.namespace, &self.name, reason])
                     .inc();
                 if cause == Cause::Tick {
-                    let lag = (self.kit.now() - tick).num_milliseconds().max(0) as f64 / 1000.0;
+                    let lag = (self.kit.now() - tick).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
                     metrics.lag.with_label_values(&[self.kind.as_str()]).observe(lag);
+                    // Every run's exact lag, for `cargo xtask bench scheduler` (the histogram has buckets).
+                    tracing::debug!(run = %name, lag_seconds = lag, "run created");
                 }
                 let message = format!("created {} {name}{note}", self.kind);
                 self.kit.normal(self.schedule, "RunCreated", message).await;
