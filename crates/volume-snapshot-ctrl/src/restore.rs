@@ -475,10 +475,12 @@ impl Run {
                 kind: reference.kind,
                 name: reference.name.clone(),
             };
-            workload.scale(replicas).await?;
-            match workload.wait_ready(replicas, READY_TIMEOUT).await {
-                Ok(()) => done.push(format!("scaled back to {replicas} ready replicas")),
-                Err(error) => done.push(format!("scaled back to {replicas} replicas, but {error}")),
+            if workload.get_opt().await?.is_some() {
+                workload.scale(replicas).await?;
+                match workload.wait_ready(replicas, READY_TIMEOUT).await {
+                    Ok(()) => done.push(format!("scaled back to {replicas} ready replicas")),
+                    Err(error) => done.push(format!("scaled back to {replicas} replicas, but {error}")),
+                }
             }
         }
         if done.is_empty() {

@@ -179,7 +179,10 @@ impl TargetWorkload {
     pub async fn repoint_deployment(&self, claims: &BTreeMap<String, String>) -> Result<()> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
         loop {
-            let mut deployment = api.get(&self.name).await?;
+            // A Deployment deleted meanwhile has nothing left to re-point.
+            let Some(mut deployment) = api.get_opt(&self.name).await? else {
+                return Ok(());
+            };
             let Some(pod) = deployment.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
                 return Ok(());
             };
