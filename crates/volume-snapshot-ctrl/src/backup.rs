@@ -142,8 +142,7 @@ impl Run {
     /// A backup found Running: the controller stopped during it. Thaw first; then resume after
     /// the cut, or fail before it.
     async fn resume(mut self) -> Result<Action> {
-        let frozen = self.state.pods.iter().any(|p| p.post_hook.is_some() && !p.thawed)
-            && step::is_true(&self.state, Step::Frozen);
+        let frozen = step::may_be_frozen(&self.state);
         if frozen {
             self.thaw("after a controller restart").await?;
         }
@@ -451,7 +450,7 @@ impl Run {
             }
             Err(error) => {
                 // A stop during the freeze must not leave the application frozen.
-                if step::is_true(&self.state, Step::Frozen) {
+                if step::may_be_frozen(&self.state) {
                     let _ = self.thaw("after the backup stopped").await;
                 }
                 self.ctx.metrics.run_finished(KIND, "Backup", error.reason(), seconds);

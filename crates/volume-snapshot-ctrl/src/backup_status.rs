@@ -60,6 +60,12 @@ pub fn is_true(state: &VolumeBackupStatus, step: Step) -> bool {
     conditions::is_true(&state.conditions, step.condition())
 }
 
+/// True when a freeze began (the Frozen condition was set, whatever its status: a pre-hook
+/// that failed may have frozen its application all the same) and no thaw has succeeded since.
+pub fn may_be_frozen(state: &VolumeBackupStatus) -> bool {
+    conditions::find(&state.conditions, Step::Frozen.condition()).is_some() && !is_true(state, Step::Thawed)
+}
+
 /// The status record of a claim, with what a restore needs to recreate it.
 pub fn volume_of(claim: &PersistentVolumeClaim) -> VolumeStatus {
     let spec = claim.spec.as_ref();
