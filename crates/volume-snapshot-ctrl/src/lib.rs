@@ -12,6 +12,7 @@ mod hooks;
 mod names;
 mod restore;
 mod restore_checks;
+mod restore_claims;
 mod restore_fill;
 mod restore_plan;
 mod restore_workload;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use stowage_api::{
@@ -27,7 +27,8 @@ use stowage_api::{
 use stowage_operator::conditions::{self, to_time};
 use stowage_operator::{Context, Error, Result, status};
 
-use crate::restore_checks::{self as checks, Plan, PlannedVolume, RESTORE_LABEL, RESTORED_FROM_ANNOTATION};
+use crate::restore_checks::{self as checks, Plan, PlannedVolume};
+use crate::restore_claims as claims;
 use crate::restore_fill::{self as fill, Fill};
 use crate::restore_workload::{self as workload, TargetWorkload};
 
@@ -339,24 +340,8 @@ impl Run {
     /// Creates one claim (unless this restore already did) and waits until it holds the data.
     async fn create_claim(&self, plan: &Plan, volume: &PlannedVolume, index: usize) -> Result<()> {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &plan.namespace);
-        let claim = new_claim(volume, &plan.backup, &self.name())?;
-        match pvcs.create(&PostParams::default(), &claim).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let existing = pvcs.get(&volume.pvc).await?;
-                if existing.labels().get(RESTORE_LABEL) != Some(&checks::label_value(&self.name())) {
-                    return Err(checks::refused(
-                        "PVCNameTaken",
-                        format!(
-                            "PersistentVolumeClaim '{}' was created by someone else meanwhile",
-                            volume.pvc
-                        ),
-                    ));
-                }
-            }
-            Err(error) => return Err(error.into()),
-        }
-        wait_bound(&pvcs, &volume.pvc).await?;
+        claims::create(&pvcs, volume, &plan.backup, &self.name()).await?;
+        claims::wait_bound(&pvcs, &volume.pvc, BOUND_TIMEOUT).await?;
         if let (RestoreSource::Copy, Some(copies), Some(path)) = (plan.source, &plan.copies, &volume.artifact_path) {
             let fill = Fill {
                 storage: &copies.storage,
@@ -464,7 +449,9 @@ impl Run {
                 reference.kind, reference.name
             ));
         }
-        let deleted = self.delete_new_claims(&namespace).await?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &namespace);
+        let ours: Vec<String> = self.state.volumes.iter().map(|v| v.pvc.clone()).collect();
+        let deleted = claims::delete_ours(&pvcs, &self.name(), &ours).await?;
         if !deleted.is_empty() {
             done.push(format!("deleted the new PVCs {}", deleted.join(", ")));
         }
@@ -487,26 +474,6 @@ impl Run {
             done.push("nothing had changed".into());
         }
         Ok(format!("rolled back: {}", done.join("; ")))
-    }
-
-    /// Deletes the claims this restore created (by their label, and only those in its status).
-    async fn delete_new_claims(&self, namespace: &str) -> Result<Vec<String>> {
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), namespace);
-        let selector = format!("{RESTORE_LABEL}={}", checks::label_value(&self.name()));
-        let ours = pvcs.list(&ListParams::default().labels(&selector)).await?;
-        let mut deleted = Vec::new();
-        for pvc in ours.items {
-            let name = pvc.name_any();
-            if !self.state.volumes.iter().any(|v| v.pvc == name) {
-                continue;
-            }
-            match pvcs.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => deleted.push(name),
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Ok(deleted)
     }
 
     async fn finish_failed(&mut self, error: &Error, message: String) -> Result<()> {
@@ -537,61 +504,6 @@ fn transient(error: &Error) -> bool {
         Error::Failed { transient, .. } => *transient,
         _ => false,
     }
-}
-
-/// The claim to create for `volume`, labelled with the restore and annotated with its origin.
-fn new_claim(volume: &PlannedVolume, backup: &str, restore: &str) -> Result<PersistentVolumeClaim> {
-    let modes = if volume.access_modes.is_empty() {
-        vec!["ReadWriteOnce".to_string()]
-    } else {
-        volume.access_modes.clone()
-    };
-    let mut spec = serde_json::json!({
-        "accessModes": modes,
-        "resources": { "requests": { "storage": volume.capacity.clone().unwrap_or_else(|| "1Gi".into()) } },
-    });
-    if let Some(class) = &volume.storage_class {
-        spec["storageClassName"] = class.clone().into();
-    }
-    if let Some(snapshot) = &volume.snapshot {
-        spec["dataSource"] = serde_json::json!({
-            "apiGroup": stowage_api::snapshot_storage::GROUP,
-            "kind": "VolumeSnapshot",
-            "name": snapshot,
-        });
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {
-            "name": volume.pvc,
-            "labels": { RESTORE_LABEL: checks::label_value(restore) },
-            "annotations": { RESTORED_FROM_ANNOTATION: format!("{backup}/{}", volume.source_pvc) },
-        },
-        "spec": spec,
-    }))
-    .map_err(|error| Error::permanent("CreateFailed", format!("PVC {}: {error}", volume.pvc)))
-}
-
-async fn wait_bound(pvcs: &Api<PersistentVolumeClaim>, name: &str) -> Result<()> {
-    let bound = async {
-        loop {
-            let pvc = pvcs.get(name).await?;
-            if pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
-                return Ok::<(), Error>(());
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    };
-    tokio::time::timeout(BOUND_TIMEOUT, bound).await.unwrap_or_else(|_| {
-        Err(Error::permanent(
-            "PVCNotBound",
-            format!(
-                "PVC '{name}' was not bound within {}s: see its Events",
-                BOUND_TIMEOUT.as_secs()
-            ),
-        ))
-    })
 }
 
 fn describe(plan: &Plan) -> String {
