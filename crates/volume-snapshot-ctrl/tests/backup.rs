@@ -254,6 +254,41 @@ async fn a_failing_pre_hook_takes_no_snapshot_and_thaws_anyway() {
 }
 
 #[tokio::test]
+async fn a_freeze_longer_than_max_freeze_seconds_is_cut_short_and_thawed() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vb-maxfreeze", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let pre = "touch /data/frozen; sleep 30; echo late > /data/late";
+        let live = writer_deployment(&client, &ns, "app", "data", hooks(pre, POST_HOOK)).await?;
+        create_backup(
+            &client,
+            &ns,
+            "slow",
+            json!({
+                "applicationRef": { "kind": "Deployment", "name": "app" },
+                "maxFreezeSeconds": 2,
+                "hookTimeoutSeconds": 60,
+            }),
+        )
+        .await?;
+        let backup = finished_backup(&client, &ns, "slow").await?;
+        let status = backup.status.clone().unwrap();
+        assert_eq!(status.phase, VolumeBackupPhase::Failed, "{status:#?}");
+        let (_, reason, message) = condition(&status.conditions, "Failed");
+        assert_eq!(reason, "FreezeTimeout");
+        assert!(message.contains("maxFreezeSeconds (2s)"), "{message}");
+        assert_eq!(condition(&status.conditions, "Thawed").0, "True");
+        assert!(live.join("thaw-marker").exists(), "the application was thawed");
+        let before = records(&live)?.len();
+        records_at_least(&live, before + 5).await?;
+        assert!(snapshots(&client, &ns).await?.is_empty());
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn a_controller_stopped_while_the_application_is_frozen_thaws_it_after_restart() {
     let bed = bed().await.unwrap();
     bed.with_namespace("vb-restart", |client, ns| async move {
