@@ -297,7 +297,7 @@ impl Run {
             let moves: Vec<String> = target
                 .claims
                 .iter()
-                .map(|(old, new)| format!("{old} → {new}"))
+                .map(|(old, new)| format!("{new} (was {old})"))
                 .collect();
             self.done(
                 step::REPOINTED,
@@ -312,7 +312,7 @@ impl Run {
             self.done(
                 step::SCALED_UP,
                 format!(
-                    "{} '{}' runs {replicas} ready replicas on the restored volumes",
+                    "{} '{}' runs {replicas} ready replica(s) on the restored volumes",
                     target.kind, target.name
                 ),
             )

@@ -18,6 +18,8 @@ use stowage_e2e::bed::{TestBed, wait_for};
 
 use super::{Demo, fresh_namespace};
 
+mod restore;
+
 pub const NAMESPACE: &str = "stowage-demo-volumes";
 /// The application: a Deployment of one Pod on one PVC.
 pub const APP: &str = "ledger";
@@ -26,8 +28,10 @@ pub const PVC: &str = "ledger-data";
 pub const BACKUP: &str = "ledger-snapshot";
 const STORAGE: &str = "volumes-local";
 
-/// Writes the next number to /data/records every 20 ms, unless frozen.
-const WRITER: &str = "i=$(tail -n 1 /data/records 2>/dev/null || echo 0); \
+/// Writes the next number to /data/records every 20 ms, unless frozen. A snapshot is cut while
+/// the application is frozen, so a volume restored from it holds the freeze flag: a starting Pod
+/// is not frozen, so it clears the flag first.
+const WRITER: &str = "rm -f /data/frozen; i=$(tail -n 1 /data/records 2>/dev/null || echo 0); \
     while true; do if [ ! -e /data/frozen ]; then i=$((i+1)); echo $i >> /data/records; fi; sleep 0.02; done";
 const PRE_HOOK: &str = "touch /data/frozen && sleep 0.2 && wc -l < /data/records > /data/freeze-marker";
 const POST_HOOK: &str = "rm -f /data/frozen";
@@ -61,7 +65,7 @@ pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
             backed_up.live_dir.display(),
             backed_up.key_file.display()
         );
-        // The restore part goes here: restore(bed, demo, &client, &backed_up).await
+        restore::restore(bed, demo, &client, &backed_up).await?;
         anyhow::Ok(())
     }
     .await;
