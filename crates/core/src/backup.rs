@@ -7,7 +7,6 @@
 //! to the uploader, so memory stays flat and backpressure runs end to end.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +15,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use crate::bridge::{CHUNK, ChannelWriter};
+use crate::bridge::{ChannelWriter, SOURCE_CHUNK};
 use crate::compress::{FinishWrite, compressor};
 use crate::crypt::Recipients;
 use crate::error::{Error, Result};
@@ -188,13 +187,13 @@ pub async fn stream_payload<R: AsyncRead + Unpin + Send>(request: BackupRequest,
 
 async fn read_source<R: AsyncRead + Unpin>(mut source: R, tx: mpsc::Sender<Input>) -> Result<()> {
     loop {
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        while buf.len() < CHUNK {
+        let mut buf = BytesMut::with_capacity(SOURCE_CHUNK);
+        while buf.len() < SOURCE_CHUNK {
             if source.read_buf(&mut buf).await.map_err(Error::Source)? == 0 {
                 break;
             }
         }
-        let end = buf.len() < CHUNK;
+        let end = buf.len() < SOURCE_CHUNK;
         if !buf.is_empty() && tx.send(Input::Data(buf.freeze())).await.is_err() {
             return Ok(()); // downstream failed; its error is the one to report
         }
@@ -246,7 +245,7 @@ fn encode(
     loop {
         match input.blocking_recv() {
             Some(Input::Data(chunk)) => chain
-                .write_all(&chunk)
+                .write_chunk(chunk)
                 .map_err(stage_error("compression and encryption"))?,
             Some(Input::End) => {
                 return chain

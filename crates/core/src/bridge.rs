@@ -13,6 +13,10 @@ use tokio::sync::mpsc;
 /// Size of the chunks that travel between threads.
 pub(crate) const CHUNK: usize = 256 * 1024;
 
+/// Size of the chunks a backup reads from its source: one gzip block, so the
+/// compressing threads take each chunk as it is, without copying it.
+pub(crate) const SOURCE_CHUNK: usize = crate::gzip::BLOCK;
+
 /// A `Write` that hands its bytes, in chunks, to an async receiver.
 pub(crate) struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,

@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 
+use bytes::Bytes;
+
 use crate::bridge::ChannelWriter;
 use crate::gzip::{self, MemberEncoder};
 use crate::pool::{Pool, Ticket};
@@ -18,6 +20,12 @@ use crate::tally::TallyWriter;
 pub(crate) trait FinishWrite: Write + Send {
     /// Writes any trailer, then finishes every stage below this one.
     fn finish(self: Box<Self>) -> io::Result<()>;
+
+    /// Writes a whole chunk the caller hands over; a stage that keeps blocks
+    /// takes it as it is instead of copying it.
+    fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.write_all(&chunk)
+    }
 }
 
 impl FinishWrite for ChannelWriter {
@@ -29,6 +37,11 @@ impl FinishWrite for ChannelWriter {
 impl FinishWrite for TallyWriter<Box<dyn FinishWrite>> {
     fn finish(self: Box<Self>) -> io::Result<()> {
         self.into_inner().finish()
+    }
+
+    fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.tally(&chunk);
+        self.inner_mut().write_chunk(chunk)
     }
 }
 
@@ -98,7 +111,7 @@ struct ParallelGzip {
     /// Members in flight, oldest first; bounded to keep memory flat.
     pending: VecDeque<Ticket<io::Result<Vec<u8>>>>,
     max_pending: usize,
-    pool: Pool<Vec<u8>, io::Result<Vec<u8>>>,
+    pool: Pool<Bytes, io::Result<Vec<u8>>>,
     wrote_member: bool,
 }
 
@@ -108,7 +121,7 @@ impl ParallelGzip {
         let pool = Pool::new(
             workers,
             move || MemberEncoder::new(level),
-            |encoder: &mut MemberEncoder, block: Vec<u8>| encoder.encode(&block),
+            |encoder: &mut MemberEncoder, block: Bytes| encoder.encode(&block),
         );
         Ok(ParallelGzip {
             inner,
@@ -122,6 +135,10 @@ impl ParallelGzip {
 
     fn submit_block(&mut self) -> io::Result<()> {
         let block = std::mem::replace(&mut self.block, Vec::with_capacity(gzip::BLOCK));
+        self.submit(Bytes::from(block))
+    }
+
+    fn submit(&mut self, block: Bytes) -> io::Result<()> {
         self.pending.push_back(self.pool.submit(block)?);
         self.wrote_member = true;
         while self.pending.len() > self.max_pending {
@@ -155,6 +172,13 @@ impl Write for ParallelGzip {
 }
 
 impl FinishWrite for ParallelGzip {
+    fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        if self.block.is_empty() && chunk.len() == gzip::BLOCK {
+            return self.submit(chunk);
+        }
+        self.write_all(&chunk)
+    }
+
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         // An empty input still becomes one (empty) member: valid gzip for any reader.
         if !self.block.is_empty() || !self.wrote_member {

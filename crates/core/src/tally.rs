@@ -68,6 +68,15 @@ impl<W> TallyWriter<W> {
     pub(crate) fn into_inner(self) -> W {
         self.inner
     }
+
+    pub(crate) fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Counts bytes that reach the stage below by another way than `write`.
+    pub(crate) fn tally(&self, data: &[u8]) {
+        self.tally.update(data);
+    }
 }
 
 impl<W: Write> Write for TallyWriter<W> {
