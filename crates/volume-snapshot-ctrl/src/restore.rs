@@ -149,6 +149,14 @@ impl Run {
                 return Ok(Action::requeue(BACKUP_POLL));
             }
             Err(error) if transient(&error) => return Err(error),
+            // A BackupStorage or Secret the user may still create: wait for it (with backoff)
+            // rather than fail a restore that has not changed anything yet.
+            Err(error @ Error::MissingReference { .. }) if !resuming => {
+                self.set(step::READY, false, error.reason(), error.to_string());
+                self.save().await?;
+                self.ctx.warning(&self.restore, error.reason(), error.to_string()).await;
+                return Err(error);
+            }
             Err(error) if resuming => return self.roll_back(error).await,
             Err(error) => return self.refuse(error).await,
         };
