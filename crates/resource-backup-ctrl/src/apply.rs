@@ -152,6 +152,7 @@ impl Passes<'_> {
             self.report.passes += 1;
             let mut stream = ArchiveStream::open(source, stowage_core::Progress::default());
             let mut in_flight = FuturesUnordered::new();
+            let mut dispatched = 0;
             while let Some(item) = stream.next().await {
                 let Item::Object { position, path, data } = item else {
                     continue;
@@ -186,6 +187,7 @@ impl Passes<'_> {
                 let step = Step::new(entry, object, &self.shared.options.selection);
                 let job = self.prepare(position, step);
                 self.verified.schedule.dispatched(position);
+                dispatched += 1;
                 in_flight.push(apply_one(self.shared.clone(), job));
                 if self.verified.schedule.all_dispatched() {
                     break;
@@ -198,6 +200,13 @@ impl Passes<'_> {
                 break;
             }
             stream.finish().await?;
+            if dispatched == 0 {
+                // Cannot happen with a verified archive; never loop on one that misbehaves.
+                return Err(Error::Archive {
+                    path: source.path.clone(),
+                    reason: "a pass over the archive found no object left to restore".into(),
+                });
+            }
         }
         self.wait_for_crds().await;
         Ok(())

@@ -149,12 +149,25 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
     progress: &Progress,
 ) -> Result<()> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &served.api);
-    let mut params = ListParams::default().limit(PAGE_SIZE);
-    loop {
-        let page = api
-            .list(&params)
+    let params = ListParams::default().limit(PAGE_SIZE);
+    // The next page is fetched while this one is written: the API server and the data path
+    // work at the same time.
+    let fetch = |params: ListParams| {
+        let api = api.clone();
+        tokio::spawn(async move { api.list(&params).await })
+    };
+    let mut next = Some(AbortOnDrop(fetch(params.clone())));
+    while let Some(mut pending) = next.take() {
+        let page = (&mut pending.0)
             .await
+            .map_err(|e| Error::Io {
+                what: format!("listing {}", served.resource.qualified_kind()),
+                source: std::io::Error::other(e),
+            })?
             .map_err(|e| Error::kube(format!("listing {}", served.resource.qualified_kind()), e))?;
+        if let Some(token) = page.metadata.continue_.as_deref().filter(|token| !token.is_empty()) {
+            next = Some(AbortOnDrop(fetch(params.clone().continue_token(token))));
+        }
         for object in page.items {
             let info = ObjectInfo {
                 name: object.metadata.name.clone().unwrap_or_default(),
@@ -178,10 +191,16 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
                 counter.inc();
             }
         }
-        match page.metadata.continue_.filter(|token| !token.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(()),
-        }
+    }
+    Ok(())
+}
+
+/// A page being fetched; the fetch stops when the backup does.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

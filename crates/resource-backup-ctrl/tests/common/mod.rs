@@ -179,21 +179,28 @@ pub async fn assert_restored(client: &kube::Client, namespace: &str) -> anyhow::
         uid(&deployment),
         replica_sets.iter().map(owner_uids).collect::<Vec<_>>()
     );
-    let rs_uids: Vec<String> = replica_sets.iter().map(uid).collect();
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    assert!(!pods.is_empty());
-    for pod in &pods {
-        let owners = owner_uids(pod);
-        assert!(
-            owners.iter().all(|o| rs_uids.contains(o)) && !owners.is_empty(),
-            "pod {:?} owners {owners:?} are live ReplicaSets {rs_uids:?}",
-            pod.metadata.name
-        );
-    }
-    Ok(())
+    // The restore held the Deployment at zero replicas (a controllerReference) and scaled it
+    // back: its ReplicaSet may still be bringing Pods back.
+    wait_for("Pods owned by the live ReplicaSets", || async {
+        let rs_uids: Vec<String> = Api::<ReplicaSet>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(uid)
+            .collect();
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let owned = !pods.is_empty()
+            && pods.iter().all(|pod| {
+                let owners = owner_uids(pod);
+                owners.iter().all(|o| rs_uids.contains(o)) && !owners.is_empty()
+            });
+        Ok(owned.then_some(()))
+    })
+    .await
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
