@@ -40,6 +40,8 @@ pub struct VolumeRestoreSpec {
     pub target: Option<RestoreTarget>,
     /// Names of the new PVCs. Variables: `<pvc>` (the backed-up PVC's name) and `<short id>`
     /// (five characters of this restore's UID). Default: `<pvc>-restored-<short id>`.
+    /// For a StatefulSet target, `<pvc>` is the claim template's name (e.g. `data`), and each
+    /// replica's PVC is `<new name>-<statefulset>-<ordinal>`, as the StatefulSet names them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc_name_template: Option<String>,
     /// StorageClass of the new PVCs. Default: the backed-up PVC's class.
