@@ -23,7 +23,7 @@ mod schedule;
 mod volumes;
 
 /// The steps, in the order the tour runs them (each is also a `--only` name).
-const STEPS: &[&str] = &["exec", "schedule", "etcd", "volumes"];
+const STEPS: &[&str] = &["exec", "resources", "schedule", "etcd", "volumes"];
 
 /// What every step shares: the workspace and the demo's Filesystem store.
 pub struct Demo {
