@@ -628,7 +628,7 @@ async fn create_object(client: &kube::Client, i: usize, sizes: &Sizes) -> anyhow
         })
         .collect();
     let metadata = json!({"name": name, "labels": {LABEL: "resources", BATCH: (i / sizes.batch).to_string()}});
-    let created = if i % 2 == 0 {
+    let created = if i.is_multiple_of(2) {
         let object: ConfigMap = serde_json::from_value(json!({"metadata": metadata, "data": {"value": text}}))?;
         Api::<ConfigMap>::namespaced(client.clone(), &namespace)
             .create(&PostParams::default(), &object)
