@@ -90,7 +90,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         }
     };
     let root = crate::deps::workspace_root();
-    let dir = target_dir(&root).join("stowage-bench/resources");
+    // A directory of its own: other benches clean target/stowage-bench.
+    let dir = target_dir(&root).join("stowage-bench-resources");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("store"))?;
     let key = dir.join("key.txt");
@@ -128,6 +129,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         binary,
         kubeconfig: info.kubeconfig.clone(),
         dir: dir.clone(),
+        identity: std::fs::read_to_string(&key)?,
         recipient,
         sizes,
     };
@@ -147,6 +149,9 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     } else {
         "stowage-bench/resources.md"
     });
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     std::fs::write(&file, &report)?;
     eprintln!("report written to {}", file.display());
     Ok(())
@@ -156,6 +161,7 @@ struct Bench {
     binary: PathBuf,
     kubeconfig: PathBuf,
     dir: PathBuf,
+    identity: String,
     recipient: String,
     sizes: Sizes,
 }
@@ -343,9 +349,8 @@ impl Bench {
         Api::<BackupStorage>::all(client.clone())
             .patch(PREFIX, &apply, &Patch::Apply(&storage))
             .await?;
-        let key = std::fs::read_to_string(self.dir.join("key.txt"))?;
         let secret: Secret =
-            serde_json::from_value(json!({"metadata": {"name": "age"}, "stringData": {"key.txt": key}}))?;
+            serde_json::from_value(json!({"metadata": {"name": "age"}, "stringData": {"key.txt": self.identity}}))?;
         Api::<Secret>::namespaced(client.clone(), SYSTEM)
             .patch("age", &apply, &Patch::Apply(&secret))
             .await?;
