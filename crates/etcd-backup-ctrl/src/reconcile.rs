@@ -41,7 +41,11 @@ pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<EtcdContext>) -> Result
         return finalize(&backup, &api, &ctx).await;
     }
     sync_finalizer(&backup, &api).await?;
-    if backup.status.as_ref().is_some_and(|s| s.phase == EtcdBackupPhase::Succeeded) {
+    if backup
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == EtcdBackupPhase::Succeeded)
+    {
         return Ok(Action::await_change());
     }
     let Some(backup) = stowage_operator::status::latest(&api, backup.as_ref()).await? else {

@@ -56,7 +56,11 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
     if backup.spec.retain_policy == RetainPolicy::Delete {
         finalizer::add(&api, backup.as_ref(), FINALIZER).await?;
     }
-    if backup.status.as_ref().is_some_and(|s| matches!(s.phase, ExecPhase::Succeeded | ExecPhase::Failed)) {
+    if backup
+        .status
+        .as_ref()
+        .is_some_and(|s| matches!(s.phase, ExecPhase::Succeeded | ExecPhase::Failed))
+    {
         return Ok(Action::await_change());
     }
     let Some(backup) = status::latest(&api, backup.as_ref()).await?.map(Arc::new) else {

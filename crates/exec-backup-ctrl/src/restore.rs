@@ -48,7 +48,11 @@ struct Source {
 pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = restore.namespace().unwrap_or_default();
     let api: Api<ExecRestore> = Api::namespaced(ctx.client.clone(), &namespace);
-    if restore.status.as_ref().is_some_and(|s| matches!(s.phase, ExecPhase::Succeeded | ExecPhase::Failed)) {
+    if restore
+        .status
+        .as_ref()
+        .is_some_and(|s| matches!(s.phase, ExecPhase::Succeeded | ExecPhase::Failed))
+    {
         return Ok(Action::await_change());
     }
     let Some(restore) = status::latest(&api, restore.as_ref()).await?.map(Arc::new) else {
