@@ -16,7 +16,18 @@ const HASH_LEN: usize = 8;
 /// holds characters a DNS label may not (dots), is shortened and given a hash of the
 /// full name so two schedules never share run names.
 pub fn run_name(schedule: &str, tick: DateTime<Utc>) -> String {
-    let suffix = format!("-{}", tick.timestamp());
+    with_suffix(schedule, &format!("-{}", tick.timestamp()))
+}
+
+/// The name of the run a manual trigger `value` creates at `now`: the tick's name plus a
+/// hash of the value, so two triggers within one second (or a trigger in the second of a
+/// tick) are two runs, and the same value never makes a second one.
+pub fn manual_run_name(schedule: &str, now: DateTime<Utc>, value: &str) -> String {
+    let hash = hex::encode(Sha256::digest(value.as_bytes()));
+    with_suffix(schedule, &format!("-{}-{}", now.timestamp(), &hash[..6]))
+}
+
+fn with_suffix(schedule: &str, suffix: &str) -> String {
     let clean: String = schedule
         .chars()
         .map(|c| match c {
@@ -51,6 +62,18 @@ mod tests {
             && name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+
+    #[test]
+    fn manual_runs_in_one_second_get_distinct_names() {
+        let first = manual_run_name("nightly", tick(), "first");
+        let second = manual_run_name("nightly", tick(), "second");
+        assert_ne!(first, second);
+        assert_ne!(first, run_name("nightly", tick()));
+        assert_eq!(first, manual_run_name("nightly", tick(), "first"));
+        assert!(first.starts_with("nightly-1795000000-"), "{first}");
+        let long = manual_run_name(&"x".repeat(80), tick(), "first");
+        assert!(is_dns_label(&long), "{long}");
     }
 
     #[test]

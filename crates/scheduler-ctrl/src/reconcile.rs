@@ -16,7 +16,7 @@ use stowage_operator::{Context, Error, Result};
 
 use crate::check::{self, Checked, INVALID_SCHEDULE, INVALID_SPEC, Refusal};
 use crate::controller::SchedulerContext;
-use crate::naming::run_name;
+use crate::naming::{manual_run_name, run_name};
 use crate::retention::{self, Outcome};
 use crate::runs::{self, Cause, Run};
 use crate::schedule::Due;
@@ -377,7 +377,10 @@ impl Pass<'_> {
         cause: Cause<'_>,
         note: &str,
     ) -> Result<()> {
-        let name = run_name(&self.name, tick);
+        let name = match cause {
+            Cause::Manual(value) => manual_run_name(&self.name, tick, value),
+            Cause::Tick => run_name(&self.name, tick),
+        };
         let object = runs::build(self.schedule, &name, tick, cause);
         match self.runs_api.create(&PostParams::default(), &object).await {
             Ok(_) => {
