@@ -431,8 +431,12 @@ async fn bad_targets_fail_with_a_clear_condition_and_event() {
             let (failed, got, message) = condition(&status.conditions, "Failed");
             assert_eq!((failed.as_str(), got.as_str()), ("True", reason), "{name}: {message}");
             assert!(message.contains(words), "{name}: {message}");
-            let reasons = event_reasons(&client, &ns, name).await?;
-            assert!(reasons.iter().any(|r| r == reason), "{name}: {reasons:?}");
+            // The Event is written after the status: wait for it rather than read once.
+            stowage_e2e::bed::wait_for(&format!("a {reason} Event about {name}"), || async {
+                let reasons = event_reasons(&client, &ns, name).await?;
+                Ok(reasons.iter().any(|r| r == reason).then_some(()))
+            })
+            .await?;
         }
         Ok(())
     })
