@@ -4,7 +4,7 @@
 //! pipeline runs, and so the digest can be taken after the stage that fed it
 //! has been consumed by `finish`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -88,26 +88,6 @@ impl<W: Write> Write for TallyWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// A reader stage that tallies what it yields.
-pub(crate) struct TallyReader<R> {
-    inner: R,
-    tally: Arc<Tally>,
-}
-
-impl<R> TallyReader<R> {
-    pub(crate) fn new(inner: R, tally: Arc<Tally>) -> Self {
-        TallyReader { inner, tally }
-    }
-}
-
-impl<R: Read> Read for TallyReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.tally.update(&buf[..n]);
-        Ok(n)
     }
 }
 
