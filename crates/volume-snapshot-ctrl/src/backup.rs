@@ -218,31 +218,12 @@ impl Run {
         // Written before the first hook runs: a controller that restarts from here thaws.
         self.save().await?;
         let timeout = self.backup.spec.hook_timeout();
-        if let Err(error) = hooks::freeze(&client, &namespace, &mut self.state.pods, timeout).await {
-            step::set(
-                &mut self.state,
-                Step::Frozen,
-                false,
-                error.reason(),
-                error.to_string(),
-                generation,
-                self.ctx.now(),
-            );
-            return Err(error);
-        }
-        let hooked = self.state.pods.iter().filter(|p| p.pre_hook.is_some()).count();
-        let message = format!("ran the pre-hooks of {hooked} Pod(s)");
-        step::set(
-            &mut self.state,
-            Step::Frozen,
-            true,
-            "Frozen",
-            &message,
-            generation,
-            self.ctx.now(),
-        );
-        self.save().await?;
-        self.ctx.normal(&self.backup, "Frozen", message).await;
+        let frozen = hooks::freeze(&client, &namespace, &mut self.state.pods, timeout).await;
+        self.end_step(Step::Frozen, frozen, |state| {
+            let hooked = state.pods.iter().filter(|p| p.pre_hook.is_some()).count();
+            format!("ran the pre-hooks of {hooked} Pod(s)")
+        })
+        .await?;
 
         let created = async {
             snapshots::create(&client, &self.backup, &mut self.state.volumes).await?;
@@ -250,30 +231,39 @@ impl Run {
             snapshots::wait_cut(&client, &namespace, &mut self.state.volumes).await
         }
         .await;
-        if let Err(error) = created {
-            step::set(
-                &mut self.state,
-                Step::SnapshotsCreated,
-                false,
-                error.reason(),
-                error.to_string(),
-                generation,
-                self.ctx.now(),
-            );
+        self.end_step(Step::SnapshotsCreated, created, |state| {
+            format!("cut {} VolumeSnapshot(s)", state.volumes.len())
+        })
+        .await
+    }
+
+    /// Records the end of step `which`. A failed `outcome` sets its condition False with the
+    /// error and returns the error (the caller saves the status with the backup's failure);
+    /// else the condition goes True with the message `done` makes, is saved, and an Event
+    /// named after the step says so.
+    async fn end_step(
+        &mut self,
+        which: Step,
+        outcome: Result<()>,
+        done: impl FnOnce(&VolumeBackupStatus) -> String,
+    ) -> Result<()> {
+        let generation = self.generation();
+        if let Err(error) = outcome {
+            step::step_failed(&mut self.state, which, &error, generation, self.ctx.now());
             return Err(error);
         }
-        let message = format!("cut {} VolumeSnapshot(s)", self.state.volumes.len());
+        let message = done(&self.state);
         step::set(
             &mut self.state,
-            Step::SnapshotsCreated,
+            which,
             true,
-            "SnapshotsCreated",
+            which.name(),
             &message,
             generation,
             self.ctx.now(),
         );
         self.save().await?;
-        self.ctx.normal(&self.backup, "SnapshotsCreated", message).await;
+        self.ctx.normal(&self.backup, which.name(), message).await;
         Ok(())
     }
 
@@ -343,30 +333,10 @@ impl Run {
                 format!("the snapshots were not ready to use after {}s", READY_TIMEOUT.as_secs()),
             ))
         });
-        if let Err(error) = ready {
-            step::set(
-                &mut self.state,
-                Step::SnapshotsReady,
-                false,
-                error.reason(),
-                error.to_string(),
-                generation,
-                self.ctx.now(),
-            );
-            return Err(error);
-        }
-        let message = format!("{} VolumeSnapshot(s) ready to use", self.state.volumes.len());
-        step::set(
-            &mut self.state,
-            Step::SnapshotsReady,
-            true,
-            "SnapshotsReady",
-            &message,
-            generation,
-            self.ctx.now(),
-        );
-        self.save().await?;
-        self.ctx.normal(&self.backup, "SnapshotsReady", message).await;
+        self.end_step(Step::SnapshotsReady, ready, |state| {
+            format!("{} VolumeSnapshot(s) ready to use", state.volumes.len())
+        })
+        .await?;
         let Some(plan) = plan else {
             return Ok(());
         };
@@ -466,15 +436,7 @@ impl Run {
         let now = self.ctx.now();
         let generation = self.generation();
         if let Some(failed_step) = failed_step {
-            step::set(
-                &mut self.state,
-                failed_step,
-                false,
-                error.reason(),
-                error.to_string(),
-                generation,
-                now,
-            );
+            step::step_failed(&mut self.state, failed_step, error, generation, now);
         }
         if !step::is_true(&self.state, Step::SnapshotsCreated) {
             let namespace = self.namespace();

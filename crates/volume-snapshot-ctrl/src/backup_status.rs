@@ -23,7 +23,8 @@ pub enum Step {
 }
 
 impl Step {
-    fn condition(self) -> &'static str {
+    /// The condition type, which is also the reason and the Event reason of the step done.
+    pub fn name(self) -> &'static str {
         match self {
             Step::Frozen => "Frozen",
             Step::SnapshotsCreated => "SnapshotsCreated",
@@ -46,7 +47,7 @@ pub fn set(
 ) {
     conditions::set(
         &mut state.conditions,
-        step.condition(),
+        step.name(),
         value,
         reason,
         message,
@@ -55,15 +56,26 @@ pub fn set(
     );
 }
 
+/// `step`'s condition False with `error`'s reason and message.
+pub fn step_failed(
+    state: &mut VolumeBackupStatus,
+    step: Step,
+    error: &Error,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) {
+    set(state, step, false, error.reason(), error.to_string(), generation, now);
+}
+
 /// True when `step`'s condition is True.
 pub fn is_true(state: &VolumeBackupStatus, step: Step) -> bool {
-    conditions::is_true(&state.conditions, step.condition())
+    conditions::is_true(&state.conditions, step.name())
 }
 
 /// True when a freeze began (the Frozen condition was set, whatever its status: a pre-hook
 /// that failed may have frozen its application all the same) and no thaw has succeeded since.
 pub fn may_be_frozen(state: &VolumeBackupStatus) -> bool {
-    conditions::find(&state.conditions, Step::Frozen.condition()).is_some() && !is_true(state, Step::Thawed)
+    conditions::find(&state.conditions, Step::Frozen.name()).is_some() && !is_true(state, Step::Thawed)
 }
 
 /// The status record of a claim, with what a restore needs to recreate it.
@@ -86,15 +98,7 @@ pub fn started(state: &mut VolumeBackupStatus, generation: Option<i64>, now: Dat
     state.phase = VolumeBackupPhase::Running;
     state.start_time = Some(to_time(now));
     state.observed_generation = generation;
-    conditions::set(
-        &mut state.conditions,
-        "Ready",
-        false,
-        "Running",
-        "the backup is in progress",
-        generation,
-        now,
-    );
+    conditions::running(&mut state.conditions, "the backup is in progress", generation, now);
 }
 
 /// Succeeded.
@@ -102,15 +106,7 @@ pub fn succeeded(state: &mut VolumeBackupStatus, message: &str, generation: Opti
     state.phase = VolumeBackupPhase::Succeeded;
     state.completion_time = Some(to_time(now));
     state.observed_generation = generation;
-    conditions::set(
-        &mut state.conditions,
-        "Ready",
-        true,
-        "Succeeded",
-        message,
-        generation,
-        now,
-    );
+    conditions::succeeded(&mut state.conditions, message, generation, now);
 }
 
 /// Failed with `error`'s reason.
@@ -118,37 +114,11 @@ pub fn failed(state: &mut VolumeBackupStatus, error: &Error, generation: Option<
     state.phase = VolumeBackupPhase::Failed;
     state.completion_time = Some(to_time(now));
     state.observed_generation = generation;
-    let message = error.to_string();
-    conditions::set(
-        &mut state.conditions,
-        "Ready",
-        false,
-        error.reason(),
-        &message,
-        generation,
-        now,
-    );
-    conditions::set(
-        &mut state.conditions,
-        "Failed",
-        true,
-        error.reason(),
-        message,
-        generation,
-        now,
-    );
+    conditions::failed(&mut state.conditions, error, generation, now);
 }
 
 /// Still Pending: something it needs is missing (retried).
 pub fn waiting(state: &mut VolumeBackupStatus, error: &Error, generation: Option<i64>, now: DateTime<Utc>) {
     state.observed_generation = generation;
-    conditions::set(
-        &mut state.conditions,
-        "Ready",
-        false,
-        error.reason(),
-        error.to_string(),
-        generation,
-        now,
-    );
+    conditions::waiting(&mut state.conditions, error, generation, now);
 }
