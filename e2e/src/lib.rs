@@ -10,6 +10,7 @@ pub mod namespace;
 pub mod node;
 pub mod pki;
 pub mod process;
+pub mod support;
 pub mod testbed;
 
 pub use bed::{TestBed, bed, wait_for};

@@ -10,7 +10,9 @@ use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use stowage_api::{VolumeBackup, VolumeBackupPhase};
 use stowage_e2e::csi::FAIL_SNAPSHOT_ANNOTATION;
+use stowage_e2e::support::{age_keygen, sh};
 use stowage_e2e::{bed, wait_for};
+use support::writer::*;
 use support::*;
 
 const MAX_FREEZE_SECONDS: i64 = 30;
@@ -21,7 +23,7 @@ async fn a_deployment_is_snapshotted_between_its_freeze_and_thaw_hooks() {
     bed.with_namespace("vb-cut", |client, ns| async move {
         let _controller = start_controller(&client, &ns).await?;
         let live = writer_deployment(&client, &ns, "app", "data", hooks(PRE_HOOK, POST_HOOK)).await?;
-        create_backup(
+        create::<VolumeBackup>(
             &client,
             &ns,
             "cut",
@@ -32,7 +34,7 @@ async fn a_deployment_is_snapshotted_between_its_freeze_and_thaw_hooks() {
             }),
         )
         .await?;
-        let backup = finished_backup(&client, &ns, "cut").await?;
+        let backup = finished::<VolumeBackup>(&client, &ns, "cut").await?;
         let status = backup.status.clone().unwrap();
         assert_eq!(status.phase, VolumeBackupPhase::Succeeded, "{status:#?}");
         assert_eq!(status.volumes.len(), 1);
@@ -78,17 +80,20 @@ async fn a_deployment_is_snapshotted_between_its_freeze_and_thaw_hooks() {
         ] {
             assert_eq!(condition(&status.conditions, type_).0, value, "{type_}: {status:#?}");
         }
-        let reasons = event_reasons(&client, &ns, "cut").await?;
-        for reason in [
-            "BackupStarted",
-            "Frozen",
-            "SnapshotsCreated",
-            "Thawed",
-            "SnapshotsReady",
-            "BackupSucceeded",
-        ] {
-            assert!(reasons.iter().any(|r| r == reason), "no {reason} Event in {reasons:?}");
-        }
+        wait_events(
+            &client,
+            &ns,
+            "cut",
+            &[
+                "BackupStarted",
+                "Frozen",
+                "SnapshotsCreated",
+                "Thawed",
+                "SnapshotsReady",
+                "BackupSucceeded",
+            ],
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -107,7 +112,7 @@ async fn a_copy_untars_with_the_stock_tools_to_the_snapshots_files_and_goes_with
         let store = dir.path().join("store");
         let storage = filesystem_storage(&client, &ns, &store).await?;
         let (identity, public) = age_keygen()?;
-        create_backup(
+        create::<VolumeBackup>(
             &client,
             &ns,
             "copied",
@@ -121,7 +126,7 @@ async fn a_copy_untars_with_the_stock_tools_to_the_snapshots_files_and_goes_with
             }),
         )
         .await?;
-        let backup = finished_backup(&client, &ns, "copied").await?;
+        let backup = finished::<VolumeBackup>(&client, &ns, "copied").await?;
         let status = backup.status.clone().unwrap();
         assert_eq!(status.phase, VolumeBackupPhase::Succeeded, "{status:#?}");
         assert_eq!(condition(&status.conditions, "Copied").0, "True", "{status:#?}");
@@ -148,7 +153,7 @@ async fn a_copy_untars_with_the_stock_tools_to_the_snapshots_files_and_goes_with
         ))?;
         let (copy, _) = snapshot_content(&client, &ns, volume.volume_snapshot.as_deref().unwrap()).await?;
         let expected = tree(&copy);
-        assert!(expected.contains_key(std::path::Path::new("nested/deeper/blob")));
+        assert!(expected.contains_key("nested/deeper/blob"));
         assert_eq!(tree(&out), expected, "the copy holds exactly the snapshot's files");
 
         // The temporary Pod and PVC are gone.
@@ -192,8 +197,8 @@ async fn a_failed_snapshot_thaws_the_application_and_fails_the_backup() {
                 &kube::api::Patch::Merge(&patch),
             )
             .await?;
-        create_backup(&client, &ns, "doomed", json!({ "pvcNames": ["data"] })).await?;
-        let backup = finished_backup(&client, &ns, "doomed").await?;
+        create::<VolumeBackup>(&client, &ns, "doomed", json!({ "pvcNames": ["data"] })).await?;
+        let backup = finished::<VolumeBackup>(&client, &ns, "doomed").await?;
         let status = backup.status.clone().unwrap();
         assert_eq!(status.phase, VolumeBackupPhase::Failed, "{status:#?}");
         let (_, reason, message) = condition(&status.conditions, "Failed");
@@ -207,8 +212,7 @@ async fn a_failed_snapshot_thaws_the_application_and_fails_the_backup() {
             Ok(snapshots(&client, &ns).await?.is_empty().then_some(()))
         })
         .await?;
-        let reasons = event_reasons(&client, &ns, "doomed").await?;
-        assert!(reasons.iter().any(|r| r == "BackupFailed"), "{reasons:?}");
+        wait_events(&client, &ns, "doomed", &["BackupFailed"]).await?;
         Ok(())
     })
     .await
@@ -222,14 +226,14 @@ async fn a_failing_pre_hook_takes_no_snapshot_and_thaws_anyway() {
         let _controller = start_controller(&client, &ns).await?;
         let pre = "touch /data/frozen; echo cannot lock >&2; exit 1";
         let live = writer_deployment(&client, &ns, "app", "data", hooks(pre, POST_HOOK)).await?;
-        create_backup(
+        create::<VolumeBackup>(
             &client,
             &ns,
             "locked",
             json!({ "applicationRef": { "kind": "Deployment", "name": "app" } }),
         )
         .await?;
-        let backup = finished_backup(&client, &ns, "locked").await?;
+        let backup = finished::<VolumeBackup>(&client, &ns, "locked").await?;
         let status = backup.status.clone().unwrap();
         assert_eq!(status.phase, VolumeBackupPhase::Failed, "{status:#?}");
         let (_, reason, message) = condition(&status.conditions, "Failed");
@@ -245,8 +249,7 @@ async fn a_failing_pre_hook_takes_no_snapshot_and_thaws_anyway() {
         );
         assert!(live.join("thaw-marker").exists(), "the application was thawed");
         assert_eq!(condition(&status.conditions, "Thawed").0, "True");
-        let reasons = event_reasons(&client, &ns, "locked").await?;
-        assert!(reasons.iter().any(|r| r == "PreHookFailed"), "{reasons:?}");
+        wait_events(&client, &ns, "locked", &["PreHookFailed"]).await?;
         Ok(())
     })
     .await
@@ -260,7 +263,7 @@ async fn a_freeze_longer_than_max_freeze_seconds_is_cut_short_and_thawed() {
         let _controller = start_controller(&client, &ns).await?;
         let pre = "touch /data/frozen; sleep 30; echo late > /data/late";
         let live = writer_deployment(&client, &ns, "app", "data", hooks(pre, POST_HOOK)).await?;
-        create_backup(
+        create::<VolumeBackup>(
             &client,
             &ns,
             "slow",
@@ -271,7 +274,7 @@ async fn a_freeze_longer_than_max_freeze_seconds_is_cut_short_and_thawed() {
             }),
         )
         .await?;
-        let backup = finished_backup(&client, &ns, "slow").await?;
+        let backup = finished::<VolumeBackup>(&client, &ns, "slow").await?;
         let status = backup.status.clone().unwrap();
         assert_eq!(status.phase, VolumeBackupPhase::Failed, "{status:#?}");
         let (_, reason, message) = condition(&status.conditions, "Failed");
@@ -296,7 +299,7 @@ async fn a_controller_stopped_while_the_application_is_frozen_thaws_it_after_res
         // The freeze takes long enough for the controller to be stopped in the middle of it.
         let pre = format!("{PRE_HOOK} && sleep 5");
         let live = writer_deployment(&client, &ns, "app", "data", hooks(&pre, POST_HOOK)).await?;
-        create_backup(
+        create::<VolumeBackup>(
             &client,
             &ns,
             "interrupted",
@@ -320,7 +323,7 @@ async fn a_controller_stopped_while_the_application_is_frozen_thaws_it_after_res
         assert!(!live.join("thaw-marker").exists());
 
         let _controller = start_controller(&client, &ns).await?;
-        let backup = finished_backup(&client, &ns, "interrupted").await?;
+        let backup = finished::<VolumeBackup>(&client, &ns, "interrupted").await?;
         let status = backup.status.clone().unwrap();
         assert_eq!(status.phase, VolumeBackupPhase::Failed, "{status:#?}");
         assert_eq!(condition(&status.conditions, "Failed").1, "Interrupted");
@@ -371,8 +374,8 @@ async fn a_statefulset_with_two_replicas_gets_one_snapshot_per_claim() {
         for dir in &dirs {
             records_at_least(dir, 5).await?;
         }
-        create_backup(&client, &ns, "both", json!({ "applicationRef": { "kind": "StatefulSet", "name": "db" } })).await?;
-        let backup = finished_backup(&client, &ns, "both").await?;
+        create::<VolumeBackup>(&client, &ns, "both", json!({ "applicationRef": { "kind": "StatefulSet", "name": "db" } })).await?;
+        let backup = finished::<VolumeBackup>(&client, &ns, "both").await?;
         let status = backup.status.clone().unwrap();
         assert_eq!(status.phase, VolumeBackupPhase::Succeeded, "{status:#?}");
         let pvcs: Vec<&str> = status.volumes.iter().map(|v| v.pvc.as_str()).collect();
@@ -422,21 +425,17 @@ async fn bad_targets_fail_with_a_clear_condition_and_event() {
             ),
         ];
         for (name, spec, _, _) in &cases {
-            create_backup(&client, &ns, name, spec.clone()).await?;
+            create::<VolumeBackup>(&client, &ns, name, spec.clone()).await?;
         }
         for (name, _, reason, words) in cases {
-            let backup = finished_backup(&client, &ns, name).await?;
+            let backup = finished::<VolumeBackup>(&client, &ns, name).await?;
             let status = backup.status.clone().unwrap();
             assert_eq!(status.phase, VolumeBackupPhase::Failed, "{name}: {status:#?}");
             let (failed, got, message) = condition(&status.conditions, "Failed");
             assert_eq!((failed.as_str(), got.as_str()), ("True", reason), "{name}: {message}");
             assert!(message.contains(words), "{name}: {message}");
             // The Event is written after the status: wait for it rather than read once.
-            stowage_e2e::bed::wait_for(&format!("a {reason} Event about {name}"), || async {
-                let reasons = event_reasons(&client, &ns, name).await?;
-                Ok(reasons.iter().any(|r| r == reason).then_some(()))
-            })
-            .await?;
+            wait_events(&client, &ns, name, &[reason]).await?;
         }
         Ok(())
     })

@@ -3,27 +3,34 @@
 //! run by the node simulator, volumes and snapshots by the CSI simulator (host directories,
 //! so the tests read the data where it lies).
 
-mod restore_support;
+mod support;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::Api;
-use restore_support::*;
 use serde_json::json;
-use stowage_api::VolumeRestorePhase;
+use stowage_api::{VolumeRestore, VolumeRestorePhase};
 use stowage_e2e::{bed, wait_for};
+use support::*;
 
 /// The files the application wrote before the backup.
 const BEFORE: &[(&str, &str)] = &[("records/1", "one\n"), ("records/2", "two\n"), ("state", "v1\n")];
+
+/// Deployment `app` on PVC `data`, which holds the files [`BEFORE`]; returns the claim's host
+/// directory.
+async fn app_with_data(client: &kube::Client, namespace: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = pvc(client, namespace, "data").await?;
+    write_files(&dir, BEFORE)?;
+    deployment(client, namespace, "app", "data").await?;
+    Ok(dir)
+}
 
 #[tokio::test]
 async fn a_snapshot_restore_moves_the_deployment_onto_a_new_pvc_and_deletes_the_old_one() {
     let bed = bed().await.unwrap();
     bed.with_namespace("vr-snapshot", |client, ns| async move {
         let _controller = start_controller(&client, &ns).await?;
-        let old_dir = pvc(&client, &ns, "data").await?;
-        write_files(&old_dir, BEFORE)?;
-        deployment(&client, &ns, "app", "data").await?;
+        let old_dir = app_with_data(&client, &ns).await?;
         backup(
             &client,
             &ns,
@@ -34,7 +41,7 @@ async fn a_snapshot_restore_moves_the_deployment_onto_a_new_pvc_and_deletes_the_
         // Written after the backup: must not come back.
         write_files(&old_dir, &[("state", "v2\n"), ("records/3", "three\n")])?;
 
-        create_restore(
+        create::<VolumeRestore>(
             &client,
             &ns,
             "back-to-nightly",
@@ -45,7 +52,7 @@ async fn a_snapshot_restore_moves_the_deployment_onto_a_new_pvc_and_deletes_the_
             }),
         )
         .await?;
-        let restore = finished_restore(&client, &ns, "back-to-nightly").await?;
+        let restore = finished::<VolumeRestore>(&client, &ns, "back-to-nightly").await?;
         let state = restore.status.clone().unwrap();
         assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
         assert_eq!(state.previous_replicas, Some(1));
@@ -86,21 +93,21 @@ async fn a_snapshot_restore_moves_the_deployment_onto_a_new_pvc_and_deletes_the_
             Ok((pvc_names(&client, &ns).await? == [new_pvc.clone()]).then_some(()))
         })
         .await?;
-        let reasons = event_reasons(&client, &ns, "back-to-nightly").await?;
-        for reason in [
-            "RestoreStarted",
-            "ScaledDown",
-            "PVCsCreated",
-            "Repointed",
-            "ScaledUp",
-            "OldPVCsDeleted",
-            "RestoreSucceeded",
-        ] {
-            assert!(
-                reasons.contains(&reason.to_string()),
-                "{reason} missing from {reasons:?}"
-            );
-        }
+        wait_events(
+            &client,
+            &ns,
+            "back-to-nightly",
+            &[
+                "RestoreStarted",
+                "ScaledDown",
+                "PVCsCreated",
+                "Repointed",
+                "ScaledUp",
+                "OldPVCsDeleted",
+                "RestoreSucceeded",
+            ],
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -112,21 +119,19 @@ async fn without_a_target_only_the_pvcs_are_created() {
     let bed = bed().await.unwrap();
     bed.with_namespace("vr-pvcs-only", |client, ns| async move {
         let _controller = start_controller(&client, &ns).await?;
-        let old_dir = pvc(&client, &ns, "data").await?;
-        write_files(&old_dir, BEFORE)?;
-        deployment(&client, &ns, "app", "data").await?;
+        let old_dir = app_with_data(&client, &ns).await?;
         backup(&client, &ns, "nightly", json!({ "pvcNames": ["data"] })).await?;
         write_files(&old_dir, &[("state", "v2\n")])?;
         let before = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
 
-        create_restore(
+        create::<VolumeRestore>(
             &client,
             &ns,
             "side-by-side",
             json!({ "volumeBackupName": "nightly", "pvcNameTemplate": "<pvc>-yesterday" }),
         )
         .await?;
-        let restore = finished_restore(&client, &ns, "side-by-side").await?;
+        let restore = finished::<VolumeRestore>(&client, &ns, "side-by-side").await?;
         let state = restore.status.clone().unwrap();
         assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
         assert_eq!(state.volumes[0].pvc, "data-yesterday");
@@ -153,9 +158,7 @@ async fn a_taken_pvc_name_refuses_the_restore_and_changes_nothing() {
     let bed = bed().await.unwrap();
     bed.with_namespace("vr-taken", |client, ns| async move {
         let _controller = start_controller(&client, &ns).await?;
-        let old_dir = pvc(&client, &ns, "data").await?;
-        write_files(&old_dir, BEFORE)?;
-        deployment(&client, &ns, "app", "data").await?;
+        let old_dir = app_with_data(&client, &ns).await?;
         backup(
             &client,
             &ns,
@@ -166,7 +169,7 @@ async fn a_taken_pvc_name_refuses_the_restore_and_changes_nothing() {
         pvc(&client, &ns, "data-copy").await?;
         let before = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
 
-        create_restore(
+        create::<VolumeRestore>(
             &client,
             &ns,
             "clash",
@@ -178,7 +181,7 @@ async fn a_taken_pvc_name_refuses_the_restore_and_changes_nothing() {
             }),
         )
         .await?;
-        let restore = finished_restore(&client, &ns, "clash").await?;
+        let restore = finished::<VolumeRestore>(&client, &ns, "clash").await?;
         let state = restore.status.clone().unwrap();
         assert_eq!(state.phase, VolumeRestorePhase::Failed, "{state:#?}");
         let (status, reason, message) = condition(&state.conditions, "Checked");
@@ -192,8 +195,7 @@ async fn a_taken_pvc_name_refuses_the_restore_and_changes_nothing() {
         assert_eq!(ready_reason, "PVCNameTaken");
         assert!(ready_message.contains("nothing was changed"), "{ready_message}");
         assert_eq!(state.previous_replicas, None);
-        let reasons = event_reasons(&client, &ns, "clash").await?;
-        assert!(reasons.contains(&"RestoreRefused".to_string()), "{reasons:?}");
+        wait_events(&client, &ns, "clash", &["RestoreRefused"]).await?;
 
         // Nothing changed: same Deployment spec, its Pod still on the old claim, no new claims.
         let after = Api::<Deployment>::namespaced(client.clone(), &ns).get("app").await?;
@@ -231,7 +233,7 @@ async fn a_statefulset_with_two_replicas_is_restored_onto_two_new_pvcs() {
             write_files(dir, &[("who", "changed\n")])?;
         }
 
-        create_restore(
+        create::<VolumeRestore>(
             &client,
             &ns,
             "rewind",
@@ -241,7 +243,7 @@ async fn a_statefulset_with_two_replicas_is_restored_onto_two_new_pvcs() {
             }),
         )
         .await?;
-        let restore = finished_restore(&client, &ns, "rewind").await?;
+        let restore = finished::<VolumeRestore>(&client, &ns, "rewind").await?;
         let state = restore.status.clone().unwrap();
         assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
         assert_eq!(state.previous_replicas, Some(2));
@@ -295,10 +297,8 @@ async fn a_copy_restore_fills_an_empty_pvc_with_the_same_files() {
         let _controller = start_controller(&client, &ns).await?;
         let store = tempfile::tempdir()?;
         let storage = filesystem_storage(&client, &ns, store.path()).await?;
-        let old_dir = pvc(&client, &ns, "data").await?;
-        write_files(&old_dir, BEFORE)?;
+        let old_dir = app_with_data(&client, &ns).await?;
         write_files(&old_dir, &[("nested/deeper/file.bin", "\u{1}\u{2}binary-ish\n")])?;
-        deployment(&client, &ns, "app", "data").await?;
         backup(
             &client,
             &ns,
@@ -309,10 +309,10 @@ async fn a_copy_restore_fills_an_empty_pvc_with_the_same_files() {
             }),
         )
         .await?;
-        let expected = files(&old_dir);
+        let expected = tree(&old_dir);
         write_files(&old_dir, &[("state", "v2\n")])?;
 
-        create_restore(
+        create::<VolumeRestore>(
             &client,
             &ns,
             "from-offsite",
@@ -323,7 +323,7 @@ async fn a_copy_restore_fills_an_empty_pvc_with_the_same_files() {
             }),
         )
         .await?;
-        let restore = finished_restore(&client, &ns, "from-offsite").await?;
+        let restore = finished::<VolumeRestore>(&client, &ns, "from-offsite").await?;
         let state = restore.status.clone().unwrap();
         assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
         let volume = &state.volumes[0];
@@ -336,7 +336,7 @@ async fn a_copy_restore_fills_an_empty_pvc_with_the_same_files() {
         let claim = pvcs.get(&volume.pvc).await?;
         assert_eq!(claim.spec.unwrap().data_source, None);
         let new_dir = volume_dir(&client, &ns, &volume.pvc).await?;
-        assert_eq!(files(&new_dir), expected);
+        assert_eq!(tree(&new_dir), expected);
         wait_ready(&client, &ns, "Deployment", "app", 1).await?;
         assert_eq!(mounted_claims(&client, &ns, "app").await?, vec![volume.pvc.clone()]);
         // The old claim stays (no deleteOldPVCs), untouched.
@@ -354,9 +354,7 @@ async fn a_failure_after_the_scale_down_puts_the_old_claim_and_replicas_back() {
         let _controller = start_controller(&client, &ns).await?;
         let store = tempfile::tempdir()?;
         let storage = filesystem_storage(&client, &ns, store.path()).await?;
-        let old_dir = pvc(&client, &ns, "data").await?;
-        write_files(&old_dir, BEFORE)?;
-        deployment(&client, &ns, "app", "data").await?;
+        let old_dir = app_with_data(&client, &ns).await?;
         let backup = backup(
             &client,
             &ns,
@@ -376,7 +374,7 @@ async fn a_failure_after_the_scale_down_puts_the_old_claim_and_replicas_back() {
         bytes[middle] ^= 0xff;
         std::fs::write(&payload, bytes)?;
 
-        create_restore(
+        create::<VolumeRestore>(
             &client,
             &ns,
             "doomed",
@@ -388,7 +386,7 @@ async fn a_failure_after_the_scale_down_puts_the_old_claim_and_replicas_back() {
             }),
         )
         .await?;
-        let restore = finished_restore(&client, &ns, "doomed").await?;
+        let restore = finished::<VolumeRestore>(&client, &ns, "doomed").await?;
         let state = restore.status.clone().unwrap();
         assert_eq!(state.phase, VolumeRestorePhase::Failed, "{state:#?}");
         assert_eq!(condition(&state.conditions, "ScaledDown").0, "True", "{state:#?}");
@@ -417,13 +415,13 @@ async fn a_failure_after_the_scale_down_puts_the_old_claim_and_replicas_back() {
         })
         .await?;
         assert_eq!(files(&old_dir).len(), BEFORE.len());
-        let reasons = event_reasons(&client, &ns, "doomed").await?;
-        for reason in ["RestoreStarted", "ScaledDown", "RollingBack", "RestoreFailed"] {
-            assert!(
-                reasons.contains(&reason.to_string()),
-                "{reason} missing from {reasons:?}"
-            );
-        }
+        wait_events(
+            &client,
+            &ns,
+            "doomed",
+            &["RestoreStarted", "ScaledDown", "RollingBack", "RestoreFailed"],
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -434,16 +432,14 @@ async fn a_failure_after_the_scale_down_puts_the_old_claim_and_replicas_back() {
 async fn a_restore_interrupted_after_the_scale_down_is_finished_by_the_next_controller() {
     let bed = bed().await.unwrap();
     bed.with_namespace("vr-resume", |client, ns| async move {
-        let old_dir = pvc(&client, &ns, "data").await?;
-        write_files(&old_dir, BEFORE)?;
-        deployment(&client, &ns, "app", "data").await?;
+        let old_dir = app_with_data(&client, &ns).await?;
         let controller = start_controller(&client, &ns).await?;
         let backup = backup(&client, &ns, "nightly", json!({ "pvcNames": ["data"] })).await?;
         drop(controller);
         write_files(&old_dir, &[("state", "v2\n")])?;
 
         // What a controller that died right after the scale-down leaves behind.
-        create_restore(
+        create::<VolumeRestore>(
             &client,
             &ns,
             "interrupted",
@@ -453,7 +449,7 @@ async fn a_restore_interrupted_after_the_scale_down_is_finished_by_the_next_cont
             }),
         )
         .await?;
-        let restores: Api<stowage_api::VolumeRestore> = Api::namespaced(client.clone(), &ns);
+        let restores: Api<VolumeRestore> = Api::namespaced(client.clone(), &ns);
         let uid = restores.get("interrupted").await?.metadata.uid.unwrap();
         let new_pvc = format!("data-restored-{}", &uid[..5]);
         let snapshot = backup.status.unwrap().volumes[0].volume_snapshot.clone();
@@ -479,7 +475,7 @@ async fn a_restore_interrupted_after_the_scale_down_is_finished_by_the_next_cont
         wait_ready(&client, &ns, "Deployment", "app", 0).await?;
 
         let _controller = start_controller(&client, &ns).await?;
-        let restore = finished_restore(&client, &ns, "interrupted").await?;
+        let restore = finished::<VolumeRestore>(&client, &ns, "interrupted").await?;
         let state = restore.status.clone().unwrap();
         assert_eq!(state.phase, VolumeRestorePhase::Succeeded, "{state:#?}");
         wait_ready(&client, &ns, "Deployment", "app", 1).await?;
