@@ -16,6 +16,7 @@ use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage,
 use stowage_operator::{conditions, finalizer};
 use tokio::time::Instant;
 
+use crate::cancel::{RunCancel, Stop};
 use crate::run::{self, AbortOnDrop, FINALIZER};
 
 const KIND: &str = "ExecBackup";
@@ -51,7 +52,7 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
     let namespace = backup.namespace().unwrap_or_default();
     let api: Api<ExecBackup> = Api::namespaced(ctx.client.clone(), &namespace);
     if backup.metadata.deletion_timestamp.is_some() {
-        return delete_data(&backup, &api, &ctx).await;
+        return deleted(&backup, &api, &ctx).await;
     }
     if backup.spec.retain_policy == RetainPolicy::Delete {
         finalizer::add(&api, backup.as_ref(), FINALIZER).await?;
@@ -66,6 +67,9 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
     let Some(backup) = status::latest(&api, backup.as_ref()).await?.map(Arc::new) else {
         return Ok(Action::await_change());
     };
+    if backup.metadata.deletion_timestamp.is_some() {
+        return deleted(&backup, &api, &ctx).await;
+    }
     let mut state = backup.status.clone().unwrap_or_default();
     let generation = backup.metadata.generation;
     match state.phase {
@@ -89,6 +93,8 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
         }
     };
 
+    // Watching starts before the run does, so a deletion at any moment from here on cancels it.
+    let cancel = RunCancel::watch(api.clone(), backup.as_ref(), &ctx.shutdown);
     run::started(&mut state, &plan.pod.name, generation, &ctx);
     status::patch(&api, &backup.name_any(), &state).await?;
     ctx.normal(
@@ -102,18 +108,29 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
     in_progress.inc();
     let storage_name = plan.storage.name.clone();
     let progress = Progress::default();
-    let _reporter = AbortOnDrop(run::report_progress(
+    let reporter = AbortOnDrop(run::report_progress(
         api.clone(),
         backup.name_any(),
         progress.plaintext.clone(),
     ));
-    let outcome = tokio::select! {
-        outcome = execute(&backup, &ctx, plan, progress) => outcome,
-        _ = ctx.shutdown.cancelled() => Err(Failure::from(Error::permanent(
-            "Interrupted",
-            "the controller stopped during the run; the upload was abandoned and no artifact was recorded: create a new ExecBackup to retry",
-        ))),
+    let outcome = execute(&backup, &ctx, plan, progress, &cancel).await;
+    // No progress write may race the final status or the finalizer's removal.
+    drop(reporter);
+    // A run that failed after it was cancelled failed because it was: say so. One that
+    // committed its artifact first keeps it (and its retainPolicy decides what happens to it).
+    let stop = match &outcome {
+        Ok(_) => cancel.stop(),
+        Err(_) => cancel.stop_after_failure(&api, backup.as_ref()).await,
     };
+    let outcome = match (outcome, stop) {
+        (Err(_), Some(Stop::Deleted)) => Err(Failure::from(cancelled_error())),
+        (Err(_), Some(Stop::Shutdown)) => Err(Failure::from(Error::permanent(
+            "Interrupted",
+            "the controller stopped during the run; the upload was aborted and no artifact was recorded: create a new ExecBackup to retry",
+        ))),
+        (outcome, _) => outcome,
+    };
+    drop(cancel);
     in_progress.dec();
     let seconds = started.elapsed().as_secs_f64();
     let schedule = backup
@@ -135,15 +152,20 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
             state.bytes_transferred = Some(artifact.plaintext_bytes);
             state.artifact = Some(ArtifactStatus::new(storage_name, artifact));
             run::succeeded(&mut state, &message, generation, &ctx);
-            status::patch_final(&api, &backup.name_any(), &state).await?;
+            run::write_final(&api, &backup.name_any(), &state).await?;
             ctx.normal(backup.as_ref(), "BackupSucceeded", message).await;
+        }
+        Err(failure) if failure.error.reason() == CANCELLED => {
+            ctx.metrics.run_finished(KIND, "Backup", CANCELLED, seconds);
+            run::failed(&mut state, &failure.error, generation, &ctx);
+            return record_cancelled(&backup, &api, &state, &failure.error, &ctx).await;
         }
         Err(failure) => {
             ctx.metrics
                 .run_finished(KIND, "Backup", failure.error.reason(), seconds);
             state.stderr_tail = failure.stderr_tail.filter(|tail| !tail.is_empty());
             run::failed(&mut state, &failure.error, generation, &ctx);
-            status::patch_final(&api, &backup.name_any(), &state).await?;
+            run::write_final(&api, &backup.name_any(), &state).await?;
             ctx.warning(
                 backup.as_ref(),
                 "BackupFailed",
@@ -193,8 +215,16 @@ async fn prepare(backup: &ExecBackup, ctx: &Context) -> Result<Plan> {
     })
 }
 
-/// Runs the command and streams its stdout into storage.
-async fn execute(backup: &ExecBackup, ctx: &Context, plan: Plan, progress: Progress) -> Result<Artifact, Failure> {
+/// Runs the command and streams its stdout into storage. Once `cancel` fires, each step stops
+/// the way it would on a failure (the upload is aborted, the payload discarded), so nothing
+/// partial is left, and the Pod is deleted by `ExecPod::run`.
+async fn execute(
+    backup: &ExecBackup,
+    ctx: &Context,
+    plan: Plan,
+    progress: Progress,
+    cancel: &RunCancel,
+) -> Result<Artifact, Failure> {
     let mut request = BackupRequest::new(
         plan.storage.store.clone(),
         plan.key.clone(),
@@ -211,13 +241,36 @@ async fn execute(backup: &ExecBackup, ctx: &Context, plan: Plan, progress: Progr
     request.progress = progress;
     let (container, argv, deadline) = (plan.container.clone(), plan.argv.clone(), plan.deadline);
     ExecPod::run(&ctx.client, &plan.pod, |pod| async move {
-        pod.wait_running(&container, run::POD_START_TIMEOUT).await?;
-        let mut stdout = pod.exec_stdout(&container, argv, Instant::now() + deadline).await?;
-        let staged = stowage_core::stream_payload(request, &mut stdout).await;
-        let finished = stdout.finish().await;
+        let mut stdout = tokio::select! {
+            started = async {
+                pod.wait_running(&container, run::POD_START_TIMEOUT).await?;
+                pod.exec_stdout(&container, argv, Instant::now() + deadline).await
+            } => started?,
+            _ = cancel.cancelled() => return Err(cancelled_error().into()),
+        };
+        // The source fails once cancelled: core then aborts the upload.
+        let staged = stowage_core::stream_payload(request, cancel.reader(&mut stdout)).await;
+        let finished = tokio::select! {
+            finished = stdout.finish() => finished,
+            _ = cancel.cancelled() => Err(cancelled_error()),
+        };
+        let finished = match cancel.stop() {
+            Some(_) => Err(cancelled_error()),
+            None => finished,
+        };
         settle(staged, finished).await
     })
     .await
+}
+
+/// The reason of a run stopped because its object was deleted.
+const CANCELLED: &str = "Cancelled";
+
+fn cancelled_error() -> Error {
+    Error::permanent(
+        CANCELLED,
+        "the ExecBackup was deleted while it ran: the command was stopped with its Pod and the upload aborted; nothing was stored",
+    )
 }
 
 /// Decides a backup's outcome from the data path's result and the command's. A passed deadline
@@ -334,6 +387,47 @@ fn record_artifact(
     }
 }
 
+/// A run cancelled because its object was deleted: an Event, the status while the object
+/// still exists (a finalizer holds it), then the finalizer's work. Without a finalizer the
+/// object is already gone and the Event is the record.
+async fn record_cancelled(
+    backup: &ExecBackup,
+    api: &Api<ExecBackup>,
+    state: &ExecRunStatus,
+    error: &Error,
+    ctx: &Context,
+) -> Result<Action> {
+    ctx.normal(backup, "BackupCancelled", error.to_string()).await;
+    match run::write_final(api, &backup.name_any(), state).await? {
+        Some(current) => delete_data(&current, api, ctx).await,
+        None => Ok(Action::await_change()),
+    }
+}
+
+/// An ExecBackup being deleted, with no run of it in flight in this controller. One still
+/// Running was being run by a controller that stopped (a restart): its Pod is deleted and the
+/// run recorded as cancelled, then the finalizer does its work, so the deletion never waits
+/// for a run nobody will finish.
+async fn deleted(backup: &ExecBackup, api: &Api<ExecBackup>, ctx: &Context) -> Result<Action> {
+    // The cache may lag behind a run this controller just ended, and its finalizer's removal.
+    let Some(backup) = status::latest(api, backup).await? else {
+        return Ok(Action::await_change());
+    };
+    let mut state = backup.status.clone().unwrap_or_default();
+    if state.phase != ExecPhase::Running {
+        return delete_data(&backup, api, ctx).await;
+    }
+    if let Some(pod) = &state.pod_name {
+        run::delete_pod(ctx, &backup.namespace().unwrap_or_default(), pod).await;
+    }
+    let error = Error::permanent(
+        CANCELLED,
+        "the ExecBackup was deleted while its run's controller was stopped: its Pod was deleted and no artifact was recorded (an unfinished multipart upload is left to the storage's lifecycle rules)",
+    );
+    run::failed(&mut state, &error, backup.metadata.generation, ctx);
+    record_cancelled(&backup, api, &state, &error, ctx).await
+}
+
 /// A run found Running when no reconcile of it is in flight: the controller restarted during
 /// it. The stream cannot be resumed (the command's stdout is gone with the old exec), so the
 /// run fails with the reason; no manifest was written, so nothing partial is marked complete.
@@ -344,16 +438,14 @@ async fn interrupted(
     ctx: &Context,
 ) -> Result<Action> {
     if let Some(pod) = &state.pod_name {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
-        let _ = pods.delete(pod, &Default::default()).await;
+        run::delete_pod(ctx, &backup.namespace().unwrap_or_default(), pod).await;
     }
     let error = Error::permanent(
         "Interrupted",
         "the controller restarted during the run; the partial upload was abandoned and no artifact was recorded: create a new ExecBackup to retry",
     );
     run::failed(&mut state, &error, backup.metadata.generation, ctx);
-    status::patch_final(api, &backup.name_any(), &state).await?;
+    run::write_final(api, &backup.name_any(), &state).await?;
     ctx.warning(backup, "BackupFailed", format!("Interrupted: {error}"))
         .await;
     Ok(Action::await_change())

@@ -2,9 +2,11 @@
 //! template and streams the command's stdout through stowage-core (compress, encrypt, hash,
 //! upload, manifest last); an ExecRestore streams a stored backup, verified, into a restore
 //! command's stdin. Runs are one-shot, like Jobs: a failed run stays Failed with its reason,
-//! and a BackupSchedule creates the next one.
+//! and a BackupSchedule creates the next one. Deleting a run while it runs cancels it: the
+//! command stops with its Pod, the upload is aborted, nothing is stored (see `cancel`).
 
 mod backup;
+mod cancel;
 mod restore;
 mod run;
 

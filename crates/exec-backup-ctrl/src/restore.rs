@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use stowage_api::{
     ArtifactStatus, ExecBackup, ExecCommand, ExecPhase, ExecRestore, ExecRunStatus, PodTemplate, SecretKeyRef,
@@ -19,6 +18,7 @@ use stowage_operator::podexec::{ExecPod, ExecPodParams};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, secrets, status};
 use tokio::time::Instant;
 
+use crate::cancel::{RunCancel, Stop};
 use crate::run::{self, AbortOnDrop};
 
 const KIND: &str = "ExecRestore";
@@ -61,14 +61,26 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<A
     let mut state = restore.status.clone().unwrap_or_default();
     let generation = restore.metadata.generation;
     let name = restore.name_any();
+    if restore.metadata.deletion_timestamp.is_some() {
+        // Being deleted (held by someone else's finalizer): never start; one Running was run
+        // by a controller that stopped, so its command is killed with its Pod.
+        if state.phase == ExecPhase::Running {
+            if let Some(pod) = &state.pod_name {
+                run::delete_pod(&ctx, &namespace, pod).await;
+            }
+            let error = cancelled_error();
+            run::failed(&mut state, &error, generation, &ctx);
+            return record_cancelled(&restore, &api, &state, &error, &ctx).await;
+        }
+        return Ok(Action::await_change());
+    }
     match state.phase {
         ExecPhase::Succeeded | ExecPhase::Failed => return Ok(Action::await_change()),
         ExecPhase::Running => {
             // The controller restarted mid-stream: the command got part of the data, and
             // only its owner can judge what that did. Fail loudly rather than feed it twice.
             if let Some(pod) = &state.pod_name {
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-                let _ = pods.delete(pod, &DeleteParams::default()).await;
+                run::delete_pod(&ctx, &namespace, pod).await;
             }
             let error = Error::permanent(
                 "Interrupted",
@@ -103,6 +115,8 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<A
         return fail(&restore, &api, state, error, None, &ctx).await;
     }
 
+    // Watching starts before the run does, so a deletion at any moment from here on cancels it.
+    let cancel = RunCancel::watch(api.clone(), restore.as_ref(), &ctx.shutdown);
     run::started(&mut state, &plan.pod.name, generation, &ctx);
     state.artifact = Some(ArtifactStatus::new(
         plan.storage.name.clone(),
@@ -119,18 +133,30 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<A
     let in_progress = ctx.metrics.runs_in_progress.with_label_values(&[KIND, "Restore"]);
     in_progress.inc();
     let progress = Progress::default();
-    let _reporter = AbortOnDrop(run::report_progress(
+    let reporter = AbortOnDrop(run::report_progress(
         api.clone(),
         name.clone(),
         progress.plaintext.clone(),
     ));
-    let outcome = tokio::select! {
-        outcome = execute(&ctx, plan, progress.clone()) => outcome,
-        _ = ctx.shutdown.cancelled() => Err((Error::permanent(
-            "Interrupted",
-            "the controller stopped while the restore command was reading its input; it may have applied part of the backup: check the target, then create a new ExecRestore",
-        ), None)),
+    let outcome = execute(&ctx, plan, progress.clone(), &cancel).await;
+    // No progress write may race the final status or the finalizer's removal.
+    drop(reporter);
+    let stop = match &outcome {
+        Ok(_) => cancel.stop(),
+        Err(_) => cancel.stop_after_failure(&api, restore.as_ref()).await,
     };
+    let outcome = match (outcome, stop) {
+        (Err(_), Some(Stop::Deleted)) => Err((cancelled_error(), None)),
+        (Err(_), Some(Stop::Shutdown)) => Err((
+            Error::permanent(
+                "Interrupted",
+                "the controller stopped while the restore command was reading its input; the command was killed, and it may have applied part of the backup: check the target, then create a new ExecRestore",
+            ),
+            None,
+        )),
+        (outcome, _) => outcome,
+    };
+    drop(cancel);
     in_progress.dec();
     let seconds = started.elapsed().as_secs_f64();
     state.bytes_transferred = Some(progress.plaintext.bytes());
@@ -143,15 +169,44 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<A
                 stowage_core::human_bytes(progress.plaintext.bytes())
             );
             run::succeeded(&mut state, &message, generation, &ctx);
-            status::patch_final(&api, &name, &state).await?;
+            run::write_final(&api, &name, &state).await?;
             ctx.normal(restore.as_ref(), "RestoreSucceeded", message).await;
             Ok(Action::await_change())
+        }
+        Err((error, _)) if error.reason() == CANCELLED => {
+            ctx.metrics.run_finished(KIND, "Restore", CANCELLED, seconds);
+            run::failed(&mut state, &error, generation, &ctx);
+            record_cancelled(&restore, &api, &state, &error, &ctx).await
         }
         Err((error, stderr_tail)) => {
             ctx.metrics.run_finished(KIND, "Restore", error.reason(), seconds);
             fail(&restore, &api, state, error, stderr_tail, &ctx).await
         }
     }
+}
+
+/// The reason of a run stopped because its object was deleted.
+const CANCELLED: &str = "Cancelled";
+
+fn cancelled_error() -> Error {
+    Error::permanent(
+        CANCELLED,
+        "the ExecRestore was deleted while it ran: the restore command was killed before the end of its input, and it may have applied part of the backup: check the target",
+    )
+}
+
+/// A run cancelled because its object was deleted: an Event, and the status if the object
+/// still exists (someone else's finalizer holds it).
+async fn record_cancelled(
+    restore: &ExecRestore,
+    api: &Api<ExecRestore>,
+    state: &ExecRunStatus,
+    error: &Error,
+    ctx: &Context,
+) -> Result<Action> {
+    ctx.normal(restore, "RestoreCancelled", error.to_string()).await;
+    run::write_final(api, &restore.name_any(), state).await?;
+    Ok(Action::await_change())
 }
 
 async fn fail(
@@ -164,7 +219,7 @@ async fn fail(
 ) -> Result<Action> {
     state.stderr_tail = stderr_tail.filter(|tail| !tail.is_empty());
     run::failed(&mut state, &error, restore.metadata.generation, ctx);
-    status::patch_final(api, &restore.name_any(), &state).await?;
+    run::write_final(api, &restore.name_any(), &state).await?;
     ctx.warning(restore, "RestoreFailed", format!("{}: {error}", error.reason()))
         .await;
     Ok(Action::await_change())
@@ -264,17 +319,45 @@ async fn source(restore: &ExecRestore, ctx: &Context) -> Result<Option<Source>> 
 
 /// Streams the artifact into the command's stdin. Returns the error and the command's
 /// stderr tail on failure.
-async fn execute(ctx: &Context, plan: Plan, progress: Progress) -> Result<(), (Error, Option<String>)> {
+///
+/// Once `cancel` fires, the command is killed without seeing the end of its input (as on an
+/// integrity failure), or, when its input was complete, stopped with its Pod.
+async fn execute(
+    ctx: &Context,
+    plan: Plan,
+    progress: Progress,
+    cancel: &RunCancel,
+) -> Result<(), (Error, Option<String>)> {
     let mut request = RestoreRequest::new(plan.storage.store.clone(), plan.path.clone());
     request.identities = plan.identities.clone();
     request.progress = progress;
     let (container, argv, deadline) = (plan.container, plan.argv, plan.deadline);
     let result = ExecPod::run(&ctx.client, &plan.pod, |pod| async move {
-        pod.wait_running(&container, run::POD_START_TIMEOUT).await?;
-        let mut stdin = pod.exec_stdin(&container, argv, Instant::now() + deadline).await?;
-        match stowage_core::restore(request, &mut stdin).await {
+        let mut stdin = tokio::select! {
+            started = async {
+                pod.wait_running(&container, run::POD_START_TIMEOUT).await?;
+                pod.exec_stdin(&container, argv, Instant::now() + deadline).await
+            } => started?,
+            _ = cancel.cancelled() => return Err(cancelled_error().into()),
+        };
+        // The data path only reads from storage: dropping it midway leaves nothing behind.
+        let restored = tokio::select! {
+            restored = stowage_core::restore(request, &mut stdin) => Some(restored),
+            _ = cancel.cancelled() => None,
+        };
+        let Some(restored) = restored else {
+            if let Err(error) = stdin.kill().await {
+                tracing::warn!(%error, "killing the cancelled restore command failed");
+            }
+            return Err(cancelled_error().into());
+        };
+        match restored {
             Ok(_) => {
-                let outcome = stdin.finish().await?;
+                // Dropping the wait on cancel leaves the Pod to `ExecPod::run`, which deletes it.
+                let outcome = tokio::select! {
+                    outcome = stdin.finish() => outcome?,
+                    _ = cancel.cancelled() => return Err(cancelled_error().into()),
+                };
                 let tail = outcome.stderr_tail.clone();
                 outcome
                     .check("the restore command")

@@ -4,16 +4,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use stowage_api::{ExecCommand, ExecPhase, ExecRunStatus, PodTemplate};
 use stowage_core::Tally;
 use stowage_operator::conditions::{self, to_time};
 use stowage_operator::podexec::ExecPodParams;
-use stowage_operator::{Context, Error, Result};
+use stowage_operator::{Context, Error, Result, status};
 
 /// Label on every Pod this controller creates; its value is the run's kind.
 pub const RUN_LABEL: &str = "stowage.io/run";
@@ -259,5 +259,39 @@ pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Deletes a run's Pod (already gone is fine; a failure is logged: the owner reference lets
+/// the garbage collector finish the job).
+pub async fn delete_pod(ctx: &Context, namespace: &str, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = DeleteParams {
+        grace_period_seconds: Some(1),
+        ..DeleteParams::default()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => tracing::warn!(%error, %namespace, pod = %name, "deleting the run's Pod failed"),
+    }
+}
+
+/// True when the API server said the object does not exist.
+pub fn is_not_found(error: &Error) -> bool {
+    matches!(error, Error::Kube(kube::Error::Api(status)) if status.code == 404)
+}
+
+/// Writes a run's final status ([`status::patch_final`]). An object deleted as its run ended
+/// has nowhere to keep it: the Event about the outcome is then the record.
+pub async fn write_final<K, S>(api: &Api<K>, name: &str, state: &S) -> Result<Option<K>>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    match status::patch_final(api, name, state).await {
+        Ok(object) => Ok(Some(object)),
+        Err(error) if is_not_found(&error) => Ok(None),
+        Err(error) => Err(error),
     }
 }

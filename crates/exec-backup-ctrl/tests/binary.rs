@@ -1,14 +1,16 @@
 #![allow(clippy::unwrap_used)]
 //! The exec-backup-ctrl binary as a Deployment runs it: killed mid-run, its successor fails
 //! the interrupted run with the reason; stopped with SIGTERM, it fails its run in flight
-//! cleanly, releases its Lease and exits 0. Nothing partial is ever marked complete.
+//! cleanly, releases its Lease and exits 0; a run deleted while no controller ran is cancelled
+//! by the next one, which lets the deletion finish. Nothing partial is ever marked complete.
 
 mod support;
 
 use std::process::Stdio;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -113,6 +115,62 @@ async fn a_killed_controller_s_run_is_failed_by_its_successor_and_sigterm_stops_
             .filter(|f| f.to_string_lossy().ends_with(".manifest.json"))
             .collect();
         assert!(manifests.is_empty(), "{manifests:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_run_deleted_while_its_controller_was_down_is_cancelled_when_a_controller_returns() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("exec-binary-deleted", |client, ns| async move {
+        stowage_e2e::crds::apply_crds(&client, &stowage_api::crds()).await?;
+        let dir = tempfile::tempdir()?;
+        let store = dir.path().join("store");
+        let storage = filesystem_storage(&client, &ns, &store).await?;
+        let log = dir.path().join("controller.log");
+        let api: Api<ExecBackup> = Api::namespaced(client.clone(), &ns);
+
+        let mut first = start_binary(bed, &ns, &log).await?;
+        create_backup(
+            &client,
+            &ns,
+            "orphaned",
+            json!({
+                "backup": { "command": ["sh", "-c", "seq 1 100000; sleep 600"] },
+                "storage": { "name": storage },
+                "retainPolicy": "Delete",
+                "template": idle_template(None, json!([])),
+            }),
+        )
+        .await?;
+        phase_of(&api, "orphaned", ExecPhase::Running).await?;
+        first.child.start_kill()?;
+        first.child.wait().await?;
+
+        // Deleted while no controller runs: the finalizer holds it, still Running.
+        api.delete("orphaned", &DeleteParams::default()).await?;
+        let held = api.get("orphaned").await?;
+        assert!(held.metadata.deletion_timestamp.is_some());
+        assert_eq!(held.status.map(|s| s.phase), Some(ExecPhase::Running));
+
+        let _second = start_binary(bed, &ns, &log).await?;
+        wait_for("the deleted ExecBackup to be gone", || async {
+            Ok(api.get_opt("orphaned").await?.is_none().then_some(()))
+        })
+        .await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        wait_for("its Pod to be gone", || async {
+            let list = pods
+                .list(&ListParams::default().labels("stowage.io/backup=orphaned"))
+                .await?;
+            Ok(list.items.is_empty().then_some(()))
+        })
+        .await?;
+        let reasons = event_reasons(&client, &ns, "orphaned").await?;
+        assert!(reasons.contains(&"BackupCancelled".into()), "{reasons:?}");
+        assert_eq!(files_under(&store), Vec::<std::path::PathBuf>::new());
         Ok(())
     })
     .await

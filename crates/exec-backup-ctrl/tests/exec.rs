@@ -2,10 +2,11 @@
 //! ExecBackup and ExecRestore end to end: the controller in-process against the real
 //! apiserver, commands run by the node simulator and reached through the apiserver's exec,
 //! artifacts in a Filesystem BackupStorage checked with the stock `age` and `gzip` CLIs.
+//! Formats, failures and restore checks; what happens around a run is in `lifecycle.rs`.
 
 mod support;
 
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use stowage_api::{ExecBackup, ExecPhase};
 use stowage_e2e::{bed, wait_for};
@@ -470,163 +471,6 @@ async fn restores_refuse_wrong_keys_tampered_payloads_and_foreign_paths() {
         .await?;
         let refused = finished_restore(&client, &ns, "foreign").await?.status.unwrap();
         assert_eq!(condition(&refused.conditions, "Failed").1, "Forbidden", "{refused:#?}");
-        Ok(())
-    })
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn retain_policy_delete_removes_the_artifact_with_the_object_and_retain_keeps_it() {
-    let bed = bed().await.unwrap();
-    bed.with_namespace("exec-retain", |client, ns| async move {
-        let _controller = start_controller(&client, &ns).await?;
-        let dir = tempfile::tempdir()?;
-        let store = dir.path().join("store");
-        let storage = filesystem_storage(&client, &ns, &store).await?;
-        for (name, policy) in [("deleted", "Delete"), ("kept", "Retain")] {
-            create_backup(
-                &client,
-                &ns,
-                name,
-                json!({
-                    "backup": { "command": ["sh", "-c", "seq 1 1000"] },
-                    "storage": { "name": storage },
-                    "retainPolicy": policy,
-                    "template": idle_template(None, json!([])),
-                }),
-            )
-            .await?;
-        }
-        let deleted = finished_backup(&client, &ns, "deleted").await?;
-        let kept = finished_backup(&client, &ns, "kept").await?;
-        assert!(
-            deleted
-                .metadata
-                .finalizers
-                .unwrap_or_default()
-                .contains(&stowage_exec_backup_ctrl::FINALIZER.to_string())
-        );
-        let deleted_path = deleted.status.unwrap().artifact.unwrap().artifact.path;
-        let kept_path = kept.status.unwrap().artifact.unwrap().artifact.path;
-        assert!(store.join(&deleted_path).exists() && store.join(&kept_path).exists());
-
-        let api: Api<ExecBackup> = Api::namespaced(client.clone(), &ns);
-        for name in ["deleted", "kept"] {
-            api.delete(name, &DeleteParams::default()).await?;
-        }
-        wait_for("both ExecBackups to be gone", || async {
-            Ok(api.list(&ListParams::default()).await?.items.is_empty().then_some(()))
-        })
-        .await?;
-        assert!(
-            !store.join(&deleted_path).exists(),
-            "retainPolicy Delete removes the payload"
-        );
-        assert!(
-            !store.join(format!("{deleted_path}.manifest.json")).exists(),
-            "and its manifest"
-        );
-        assert!(store.join(&kept_path).exists(), "retainPolicy Retain keeps the data");
-        Ok(())
-    })
-    .await
-    .unwrap();
-}
-
-#[tokio::test]
-async fn a_lost_pod_or_a_storage_outage_fails_the_run_and_commits_nothing() {
-    let bed = bed().await.unwrap();
-    let mut s3 = stowage_core::testing::S3Server::start("exec-outage").await.unwrap();
-    bed.with_namespace("exec-lost", |client, ns| async move {
-        let _controller = start_controller(&client, &ns).await?;
-        let credentials = s3.credentials();
-        secret(
-            &client,
-            &ns,
-            "s3",
-            json!({
-                "accessKeyId": credentials.access_key_id,
-                "secretAccessKey": credentials.secret_access_key,
-            }),
-        )
-        .await?;
-        let storage = format!("{ns}-s3");
-        create_storage(
-            &client,
-            &storage,
-            json!({
-                "type": "S3",
-                "s3": s3.spec().s3,
-                "retry": { "maxRetries": 1, "timeoutSeconds": 5 },
-                "credentialsSecretRef": { "namespace": ns, "name": "s3" },
-            }),
-        )
-        .await?;
-        let api: Api<ExecBackup> = Api::namespaced(client.clone(), &ns);
-        let running = |name: &'static str| {
-            let api = api.clone();
-            async move {
-                wait_for(&format!("{name} to run"), || async {
-                    let backup = api.get(name).await?;
-                    Ok((backup.status.as_ref().map(|s| s.phase) == Some(ExecPhase::Running)).then_some(()))
-                })
-                .await
-            }
-        };
-
-        // The Pod disappears mid-run (evicted, its node lost).
-        create_backup(
-            &client,
-            &ns,
-            "lost-pod",
-            json!({
-                "backup": { "command": ["sh", "-c", "seq 1 100000; sleep 600"] },
-                "storage": { "name": storage },
-                "template": idle_template(None, json!([])),
-            }),
-        )
-        .await?;
-        running("lost-pod").await?;
-        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
-        pods.delete("lost-pod-backup", &DeleteParams::default().grace_period(0))
-            .await?;
-        let lost = finished_backup(&client, &ns, "lost-pod").await?.status.unwrap();
-        assert_eq!(lost.phase, ExecPhase::Failed, "{lost:#?}");
-        assert!(lost.artifact.is_none());
-
-        // The storage goes down while the command is still dumping.
-        create_backup(
-            &client,
-            &ns,
-            "outage",
-            json!({
-                "backup": { "command": ["sh", "-c", "seq 1 100000; sleep 3; seq 1 100000"] },
-                "storage": { "name": storage },
-                "template": idle_template(None, json!([])),
-            }),
-        )
-        .await?;
-        running("outage").await?;
-        s3.kill();
-        let outage = finished_backup(&client, &ns, "outage").await?.status.unwrap();
-        assert_eq!(outage.phase, ExecPhase::Failed, "{outage:#?}");
-        assert_eq!(
-            condition(&outage.conditions, "Failed").1,
-            "StorageUnavailable",
-            "{outage:#?}"
-        );
-
-        // Back up again: neither failed run left an object or an open upload behind.
-        s3.restart().await?;
-        assert_eq!(s3.open_uploads(), Vec::<String>::new(), "no multipart upload left open");
-        let objects = files_under(&s3.bucket_dir());
-        assert!(
-            objects
-                .iter()
-                .all(|o| !o.to_string_lossy().contains("lost-pod") && !o.to_string_lossy().contains("outage")),
-            "{objects:?}"
-        );
         Ok(())
     })
     .await
