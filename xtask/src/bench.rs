@@ -18,7 +18,7 @@ use stowage_core::testing::{Generated, Pattern, S3Server};
 mod etcd;
 #[path = "bench_exec.rs"]
 mod exec;
-#[path = "bench_resources.rs"]
+#[path = "bench_resources/mod.rs"]
 mod resources;
 #[path = "bench_scheduler.rs"]
 mod scheduler;

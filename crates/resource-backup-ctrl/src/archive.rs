@@ -8,63 +8,33 @@
 //! ```
 //!
 //! The writer streams: each object becomes tar bytes that go straight to the output, and
-//! only the index entries stay in memory until the end, as compact JSON in one buffer (a few
-//! hundred bytes per object, and no small allocations left behind to fragment the heap). Reading is reader.rs: entry by
-//! entry as the archive downloads.
+//! only the index stays in memory until the end, deflated (index.rs). Reading is reader.rs:
+//! entry by entry as the archive downloads.
 
-use std::io::Read as _;
-
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::Read;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::DynamicObject;
+use serde_json::Value;
 use stowage_api::resource_set::ResourceSetSpec;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::encryption::EncryptionConfig;
 use crate::error::{Error, Result};
+use crate::index::{IndexBuffer, IndexEntry};
 use crate::selector::ResourceType;
 
 /// Where the ResourceSet is saved inside the archive.
 pub const RESOURCE_SET_PATH: &str = "stowage/resourceset.json";
 /// Where the index is saved inside the archive (last).
 pub const INDEX_PATH: &str = "stowage/index.json";
-/// The archive format this code writes; readers refuse newer ones.
-pub const FORMAT_VERSION: u32 = 1;
 /// The scope segment of cluster-scoped objects (namespace names have no `_`).
 pub const CLUSTER_SCOPE: &str = "_cluster";
-
-/// One object of the archive, as the index records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IndexEntry {
-    /// Path of the object's file in the tar.
-    pub path: String,
-    /// The resource type, at the version the object was stored in.
-    pub resource: ResourceType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub name: String,
-    /// The object's UID in the backed-up cluster.
-    #[serde(default)]
-    pub uid: String,
-    /// UIDs of its owners (ownerReferences) in the backed-up cluster.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub owner_uids: Vec<String>,
-    /// True when the file holds a `k8s:enc:` value rather than JSON.
-    #[serde(default)]
-    pub encrypted: bool,
-}
-
-/// The archive's table of contents.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    pub format_version: u32,
-    /// UID of the backed-up cluster's kube-system namespace.
-    #[serde(default)]
-    pub cluster_id: String,
-    pub entries: Vec<IndexEntry>,
-}
+/// Tar's block size: headers are one block, data is padded to whole blocks.
+const BLOCK: usize = 512;
+/// How much of the index is inflated at a time while it is written.
+const INDEX_CHUNK: usize = 64 * 1024;
 
 /// What the writer put into the archive.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -105,6 +75,17 @@ pub fn strip_server_fields(object: &mut Value) {
     }
 }
 
+/// [`strip_server_fields`] for a listed object's typed metadata (the same fields).
+pub fn strip_server_metadata(metadata: &mut ObjectMeta) {
+    metadata.resource_version = None;
+    metadata.managed_fields = None;
+    metadata.self_link = None;
+    metadata.creation_timestamp = None;
+    metadata.generation = None;
+    metadata.deletion_timestamp = None;
+    metadata.deletion_grace_period_seconds = None;
+}
+
 /// The UIDs an object's ownerReferences point at.
 pub fn owner_uids(object: &Value) -> Vec<String> {
     object["metadata"]["ownerReferences"]
@@ -122,8 +103,7 @@ pub fn owner_uids(object: &Value) -> Vec<String> {
 pub struct ArchiveWriter<W> {
     out: W,
     tar: tar::Builder<Vec<u8>>,
-    /// The index's entries so far: JSON objects separated by commas.
-    entries: Vec<u8>,
+    index: IndexBuffer,
     summary: Summary,
     encryption: Option<EncryptionConfig>,
 }
@@ -134,21 +114,22 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<W> {
         ArchiveWriter {
             out,
             tar: tar::Builder::new(Vec::new()),
-            entries: Vec::new(),
+            index: IndexBuffer::default(),
             summary: Summary::default(),
             encryption,
         }
     }
 
-    /// Adds one object (already stripped) of type `resource`.
-    pub async fn add(&mut self, resource: &ResourceType, object: &Value) -> Result<()> {
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let namespace = object["metadata"]["namespace"].as_str().map(String::from);
+    /// Adds one object of type `resource`, already stripped ([`strip_server_metadata`]) and
+    /// with its apiVersion and kind set. It is serialised as it is: no copy as a `Value`.
+    pub async fn add(&mut self, resource: &ResourceType, object: &DynamicObject) -> Result<()> {
+        let metadata = &object.metadata;
+        let name = metadata.name.clone().unwrap_or_default();
+        let namespace = metadata.namespace.clone();
         let json = serde_json::to_vec(object).map_err(|source| Error::Json {
             what: format!("serialising {} {name}", resource.kind),
             source,
         })?;
-        let plain_path = entry_path(resource, namespace.as_deref(), &name, false);
         let encrypted_path = entry_path(resource, namespace.as_deref(), &name, true);
         let sealed = self
             .encryption
@@ -156,104 +137,110 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<W> {
             .and_then(|config| config.seal(&resource.group, &resource.plural, encrypted_path.as_bytes(), &json));
         let (path, data, encrypted) = match sealed {
             Some(sealed) => (encrypted_path, sealed, true),
-            None => (plain_path, json, false),
+            None => (entry_path(resource, namespace.as_deref(), &name, false), json, false),
         };
         self.append(&path, &data).await?;
         self.summary.objects += 1;
         self.summary.encrypted += u64::from(encrypted);
         *self.summary.kinds.entry(resource.qualified_kind()).or_default() += 1;
-        let entry = IndexEntry {
+        self.index.push(&IndexEntry {
             path,
             resource: resource.clone(),
             namespace,
             name,
-            uid: object["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
-            owner_uids: owner_uids(object),
+            uid: metadata.uid.clone().unwrap_or_default(),
+            owner_uids: metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|owner| owner.uid.clone())
+                .collect(),
             encrypted,
-        };
-        if !self.entries.is_empty() {
-            self.entries.push(b',');
-        }
-        serde_json::to_writer(&mut self.entries, &entry).map_err(|source| Error::Json {
-            what: "serialising an index entry".into(),
-            source,
-        })?;
-        Ok(())
+        })
     }
 
     /// Writes the ResourceSet and the index, ends the tar and shuts `out` down.
     pub async fn finish(mut self, resource_set: &ResourceSetSpec, cluster_id: &str) -> Result<Summary> {
-        let json = |what: &str, value: &dyn erased::Json| {
-            value.to_vec().map_err(|source| Error::Json {
-                what: what.into(),
-                source,
-            })
-        };
-        let set = json("serialising the ResourceSet", resource_set)?;
-        self.append(RESOURCE_SET_PATH, &set).await?;
-        // The index as `Index` serialises, its entries spliced in without another copy.
-        let head = serde_json::json!({"formatVersion": FORMAT_VERSION, "clusterId": cluster_id});
-        let mut prefix = serde_json::to_vec(&head).map_err(|source| Error::Json {
-            what: "serialising the index".into(),
+        let set = serde_json::to_vec_pretty(resource_set).map_err(|source| Error::Json {
+            what: "serialising the ResourceSet".into(),
             source,
         })?;
-        prefix.pop(); // the closing brace
-        prefix.extend_from_slice(b",\"entries\":[");
-        let entries = std::mem::take(&mut self.entries);
-        let suffix: &[u8] = b"]}";
-        let size = prefix.len() + entries.len() + suffix.len();
-        self.append_reader(
-            INDEX_PATH,
-            size as u64,
-            prefix.as_slice().chain(entries.as_slice()).chain(suffix),
-        )
-        .await?;
-        let trailer = self.tar.into_inner().map_err(|source| io("ending the tar", source))?;
-        self.out
-            .write_all(&trailer)
+        self.append(RESOURCE_SET_PATH, &set).await?;
+        let ArchiveWriter {
+            mut out,
+            tar,
+            index,
+            summary,
+            ..
+        } = self;
+        let (size, entries) = index.finish(cluster_id)?;
+        append_streamed(&mut out, INDEX_PATH, size, entries).await?;
+        let trailer = tar.into_inner().map_err(|source| io("ending the tar", source))?;
+        write(&mut out, &trailer).await?;
+        out.shutdown()
             .await
             .map_err(|source| io("writing the archive", source))?;
-        self.out
-            .shutdown()
-            .await
-            .map_err(|source| io("writing the archive", source))?;
-        Ok(self.summary)
+        Ok(summary)
     }
 
+    /// Appends a small file through the tar builder (which handles long names).
     async fn append(&mut self, path: &str, data: &[u8]) -> Result<()> {
-        self.append_reader(path, data.len() as u64, data).await
-    }
-
-    async fn append_reader(&mut self, path: &str, size: u64, data: impl std::io::Read) -> Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(size);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
+        let mut header = file_header(data.len() as u64);
         // Long paths (up to 253-character names) get GNU long-name entries from the builder.
         self.tar
             .append_data(&mut header, path, data)
             .map_err(|source| io(&format!("adding {path} to the tar"), source))?;
-        let bytes = std::mem::take(self.tar.get_mut());
-        self.out
-            .write_all(&bytes)
-            .await
-            .map_err(|source| io("writing the archive", source))
+        // The builder's buffer is reused: one allocation for the whole archive, not per object.
+        let bytes = self.tar.get_mut();
+        write(&mut self.out, bytes).await?;
+        bytes.clear();
+        Ok(())
     }
 }
 
-// serde_json::to_vec over two different types without generics in a closure.
-mod erased {
-    pub trait Json {
-        fn to_vec(&self) -> Result<Vec<u8>, serde_json::Error>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_vec(&self) -> Result<Vec<u8>, serde_json::Error> {
-            serde_json::to_vec_pretty(self)
+/// Appends a large file (short `path`) of `size` bytes to the tar in `out` chunk by chunk,
+/// never whole in memory: the tar builder would first copy all of it into its buffer.
+async fn append_streamed<W: AsyncWrite + Unpin>(out: &mut W, path: &str, size: u64, mut data: impl Read) -> Result<()> {
+    let what = |source| io(&format!("adding {path} to the tar"), source);
+    let mut header = file_header(size);
+    header.set_path(path).map_err(what)?;
+    header.set_cksum();
+    write(out, header.as_bytes()).await?;
+    let mut chunk = vec![0; INDEX_CHUNK];
+    let mut written = 0u64;
+    loop {
+        let read = data.read(&mut chunk).map_err(what)?;
+        if read == 0 {
+            break;
         }
+        written += read as u64;
+        write(out, &chunk[..read]).await?;
     }
+    if written != size {
+        return Err(what(std::io::Error::other(format!(
+            "{written} bytes where the header says {size}"
+        ))));
+    }
+    let padding = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+    write(out, &[0; BLOCK][..padding]).await
 }
 
-fn io(what: &str, source: std::io::Error) -> Error {
+async fn write<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> Result<()> {
+    out.write_all(bytes)
+        .await
+        .map_err(|source| io("writing the archive", source))
+}
+
+/// A regular file's header, as every entry of the archive has it.
+fn file_header(size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header
+}
+
+pub(crate) fn io(what: &str, source: std::io::Error) -> Error {
     Error::Io {
         what: what.to_string(),
         source,
@@ -302,35 +289,6 @@ pub fn parse_path(path: &str) -> Option<EntryPath> {
     })
 }
 
-impl IndexEntry {
-    /// The index entry of an object read from the archive at `path`.
-    pub fn new(path: String, parts: EntryPath, kind: String, object: &Value) -> IndexEntry {
-        IndexEntry {
-            path,
-            resource: ResourceType {
-                group: parts.group,
-                version: parts.version,
-                kind,
-                plural: parts.plural,
-                namespaced: parts.namespace.is_some(),
-            },
-            namespace: parts.namespace,
-            name: parts.name,
-            uid: object["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
-            owner_uids: owner_uids(object),
-            encrypted: parts.encrypted,
-        }
-    }
-}
-
-/// `Deployment.apps shop/web`: how errors and status name an object.
-pub fn describe(entry: &IndexEntry) -> String {
-    match &entry.namespace {
-        Some(namespace) => format!("{} {namespace}/{}", entry.resource.qualified_kind(), entry.name),
-        None => format!("{} {}", entry.resource.qualified_kind(), entry.name),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -374,17 +332,27 @@ mod tests {
         );
     }
 
+    fn owner(uid: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "name": uid, "uid": uid})
+    }
+
     #[test]
     fn server_fields_go_uid_owners_and_status_stay() {
-        let mut object = json!({"metadata": {"name": "a", "uid": "u1", "resourceVersion": "5", "generation": 2,
-            "creationTimestamp": "2020-01-01T00:00:00Z", "managedFields": [], "selfLink": "/x",
-            "ownerReferences": [{"uid": "o1"}, {"uid": "o2"}]}, "status": {"ready": true}});
+        let original = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "uid": "u1",
+            "resourceVersion": "5", "generation": 2, "creationTimestamp": "2020-01-01T00:00:00Z",
+            "deletionTimestamp": "2020-01-02T00:00:00Z", "deletionGracePeriodSeconds": 30,
+            "managedFields": [{"manager": "m"}], "selfLink": "/x",
+            "ownerReferences": [owner("o1"), owner("o2")]}, "status": {"ready": true}});
+        let stripped = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "uid": "u1",
+            "ownerReferences": [owner("o1"), owner("o2")]}, "status": {"ready": true}});
+        let mut object = original.clone();
         strip_server_fields(&mut object);
-        assert_eq!(
-            object,
-            json!({"metadata": {"name": "a", "uid": "u1", "ownerReferences": [{"uid": "o1"}, {"uid": "o2"}]}, "status": {"ready": true}})
-        );
+        assert_eq!(object, stripped);
         assert_eq!(owner_uids(&object), ["o1", "o2"]);
+        // The typed way the backup takes strips the same fields.
+        let mut listed: DynamicObject = serde_json::from_value(original).unwrap();
+        strip_server_metadata(&mut listed.metadata);
+        assert_eq!(serde_json::to_value(&listed).unwrap(), stripped);
     }
 
     #[tokio::test]
@@ -398,16 +366,16 @@ mod tests {
         let long_name = "n".repeat(253);
         let (write_half, read_half) = tokio::io::duplex(4096);
         let mut writer = ArchiveWriter::new(write_half, Some(config.clone()));
+        let object = |value: Value| serde_json::from_value::<DynamicObject>(value).unwrap();
+        let config_map = object(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": long_name, "namespace": "shop", "uid": "c1"}, "data": {"k": "v"}}),
+        );
+        let secret = object(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "shop", "uid": "s1", "ownerReferences": [owner("c1")]}, "data": {"password": "aHVudGVyMg=="}}),
+        );
         let write = async {
-            writer
-                .add(
-                    &configmaps(),
-                    &json!({"metadata": {"name": long_name, "namespace": "shop", "uid": "c1"}, "data": {"k": "v"}}),
-                )
-                .await?;
-            writer
-                .add(&secrets(), &json!({"metadata": {"name": "db", "namespace": "shop", "uid": "s1", "ownerReferences": [{"uid": "c1"}]}, "data": {"password": "aHVudGVyMg=="}}))
-                .await?;
+            writer.add(&configmaps(), &config_map).await?;
+            writer.add(&secrets(), &secret).await?;
             writer.finish(&ResourceSetSpec::default(), "cluster-1").await
         };
         let store: std::sync::Arc<dyn object_store::ObjectStore> =
@@ -435,7 +403,7 @@ mod tests {
         let head = head.unwrap();
         assert_eq!(
             (head.format_version, head.cluster_id.as_str(), head.entries),
-            (FORMAT_VERSION, "cluster-1", 2)
+            (crate::index::FORMAT_VERSION, "cluster-1", 2)
         );
         assert_eq!(objects.len(), 2);
         let (position, path, data) = &objects[0];
@@ -447,6 +415,10 @@ mod tests {
         );
         let object: Value = serde_json::from_slice(data).unwrap();
         assert_eq!(object["metadata"]["name"], long_name.as_str());
+        assert_eq!(
+            (object["apiVersion"].as_str(), object["kind"].as_str()),
+            (Some("v1"), Some("ConfigMap"))
+        );
         let (position, path, data) = &objects[1];
         assert_eq!((*position, path.as_str()), (1, "core/v1/secrets/shop/db.json.enc"));
         let plain = config.open("Secret shop/db", path.as_bytes(), data).unwrap();

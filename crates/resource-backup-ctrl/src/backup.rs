@@ -1,13 +1,14 @@
 //! Backup: discover what the cluster serves, list what the ResourceSet selects page by page,
 //! and stream each object into the tar that flows into stowage-core. Nothing touches disk,
-//! and memory holds one page of objects plus the small index.
+//! and memory holds two pages of objects (one written, the next being fetched) plus the
+//! deflated index: a few dozen bytes per object.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, TypeMeta};
 use kube::discovery::{Discovery, Scope, verbs};
 use serde_json::Value;
 use stowage_api::resource_set::ResourceSetSpec;
@@ -130,7 +131,10 @@ pub async fn run(
             serde_json::to_value(&summary.kinds).unwrap_or_default(),
         ),
         ("clusterId".to_string(), Value::from(cluster_id.clone())),
-        ("archiveFormatVersion".to_string(), Value::from(archive::FORMAT_VERSION)),
+        (
+            "archiveFormatVersion".to_string(),
+            Value::from(crate::index::FORMAT_VERSION),
+        ),
     ]);
     let artifact = staged.commit(details).await?;
     Ok(BackupOutcome {
@@ -149,7 +153,12 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
     progress: &Progress,
 ) -> Result<()> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &served.api);
-    let params = ListParams::default().limit(PAGE_SIZE);
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    // The API server leaves out what the labels exclude (a selective backup of a big cluster
+    // reads only its part); the selection below still checks every object.
+    if let Some(labels) = selection.server_label_selector(&served.resource) {
+        params = params.labels(&labels);
+    }
     // The next page is fetched while this one is written: the API server and the data path
     // work at the same time.
     let fetch = |params: ListParams| {
@@ -168,7 +177,7 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
         if let Some(token) = page.metadata.continue_.as_deref().filter(|token| !token.is_empty()) {
             next = Some(AbortOnDrop(fetch(params.clone().continue_token(token))));
         }
-        for object in page.items {
+        for mut object in page.items {
             let info = ObjectInfo {
                 name: object.metadata.name.clone().unwrap_or_default(),
                 namespace: object.metadata.namespace.clone(),
@@ -177,15 +186,17 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
             if !selection.matches(&served.resource, &info) || is_generated(&served.resource, &object) {
                 continue;
             }
-            let mut value = serde_json::to_value(&object).map_err(|source| Error::Json {
-                what: format!("reading {} {}", served.resource.kind, info.name),
-                source,
-            })?;
-            // List items carry no apiVersion and kind of their own.
-            value["apiVersion"] = Value::from(served.resource.api_version());
-            value["kind"] = Value::from(served.resource.kind.clone());
-            archive::strip_server_fields(&mut value);
-            writer.add(&served.resource, &value).await?;
+            // List items carry no apiVersion and kind of their own (and these must appear once).
+            if let Some(fields) = object.data.as_object_mut() {
+                fields.remove("apiVersion");
+                fields.remove("kind");
+            }
+            object.types = Some(TypeMeta {
+                api_version: served.resource.api_version(),
+                kind: served.resource.kind.clone(),
+            });
+            archive::strip_server_metadata(&mut object.metadata);
+            writer.add(&served.resource, &object).await?;
             progress.objects.fetch_add(1, Ordering::Relaxed);
             if let Some(counter) = &progress.counter {
                 counter.inc();

@@ -9,6 +9,7 @@ pub mod backup;
 mod backup_ctrl;
 pub mod encryption;
 pub mod error;
+pub mod index;
 pub mod metrics;
 pub mod plan;
 pub mod prune;

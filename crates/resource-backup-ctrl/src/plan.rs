@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use stowage_api::resource_restore::RestoreFilter;
 
-use crate::archive::{IndexEntry, describe};
+use crate::index::{IndexEntry, describe};
 use crate::selector::{ResourceType, check_label_selector, label_selector_matches};
 
 /// Restore tiers, applied in this order.

@@ -8,9 +8,9 @@ use serde_json::Value;
 use stowage_api::resource_set::ResourceSetSpec;
 
 use crate::apply::api_for;
-use crate::archive::{IndexEntry, describe};
 use crate::backup::{Served, is_generated};
 use crate::error::{Error, Result};
+use crate::index::{IndexEntry, describe};
 use crate::restore::{Options, Report};
 use crate::selector::{ObjectInfo, Selection};
 
@@ -33,6 +33,9 @@ pub async fn run(
     for served in served.iter().filter(|s| selection.wants(&s.resource)) {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &served.api);
         let mut params = ListParams::default().limit(PAGE_SIZE);
+        if let Some(labels) = selection.server_label_selector(&served.resource) {
+            params = params.labels(&labels);
+        }
         loop {
             let page = api
                 .list(&params)

@@ -41,10 +41,11 @@ use serde_json::Value;
 use stowage_api::resource_restore::{ExistingResourcePolicy, MAX_LISTED, ObjectFailure, RestoreCounts, RestorePlan};
 use stowage_api::resource_set::ResourceSetSpec;
 
-use crate::archive::{self, FORMAT_VERSION, IndexEntry};
+use crate::archive;
 use crate::backup::{Served, discover};
 use crate::encryption::EncryptionConfig;
 use crate::error::{Error, Result};
+use crate::index::{FORMAT_VERSION, IndexEntry, describe};
 use crate::plan::{self, Tier};
 use crate::reader::{ArchiveStream, IndexHead, Item, Source};
 use crate::schedule::{Schedule, Survey};
@@ -323,7 +324,7 @@ pub(crate) fn read_object(
     let json = if parts.encrypted {
         let mut entry = IndexEntry::new(path.clone(), parts.clone(), served_kind.clone(), &Value::Null);
         entry.uid.clear();
-        let label = archive::describe(&entry);
+        let label = describe(&entry);
         let Some(config) = encryption else {
             let (provider, key) = crate::encryption::describe(data).unwrap_or_default();
             return Err(Error::Decrypt {

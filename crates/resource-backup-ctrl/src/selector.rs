@@ -114,6 +114,20 @@ impl Selection {
                 .iter()
                 .any(|s| s.wants(resource) && s.matches(resource, object))
     }
+
+    /// A `labelSelector` query that lets the API server leave out, when listing `resource`,
+    /// objects no selector takes: the label selector every selector wanting `resource`
+    /// shares. None when one of them takes objects whatever their labels, when they differ
+    /// (the API has no "or"), or when the selector cannot be written in the query syntax.
+    /// Listing with it is an optimisation only: [`Selection::matches`] still decides.
+    pub fn server_label_selector(&self, resource: &ResourceType) -> Option<String> {
+        let mut wanting = self.selectors.iter().filter(|s| s.wants(resource));
+        let shared = wanting.next()?.labels.as_ref()?;
+        if !wanting.all(|s| s.labels.as_ref() == Some(shared)) {
+            return None;
+        }
+        label_selector_query(shared)
+    }
 }
 
 impl Compiled {
@@ -247,6 +261,67 @@ pub fn check_label_selector(selector: &LabelSelector) -> Result<(), String> {
     Ok(())
 }
 
+/// `selector` in the API server's query syntax (`app=shop,tier in (web,db),!legacy`), or
+/// None when it selects everything or holds a key or value the syntax cannot carry (the
+/// API server validates label keys and values, so such a selector is left to the client).
+pub fn label_selector_query(selector: &LabelSelector) -> Option<String> {
+    let mut terms = Vec::new();
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if !is_label_key(key) || !is_label_value(value) {
+            return None;
+        }
+        terms.push(format!("{key}={value}"));
+    }
+    for requirement in selector.match_expressions.iter().flatten() {
+        let key = &requirement.key;
+        let values = requirement.values.as_deref().unwrap_or_default();
+        if !is_label_key(key) || !values.iter().all(|v| is_label_value(v)) {
+            return None;
+        }
+        terms.push(match requirement.operator.as_str() {
+            "In" if !values.is_empty() => format!("{key} in ({})", values.join(",")),
+            "NotIn" if !values.is_empty() => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.clone(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
+    }
+    (!terms.is_empty()).then(|| terms.join(","))
+}
+
+/// `[prefix/]name`: a DNS subdomain prefix, and a name as [`is_label_value`] (not empty).
+fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_valid = prefix.is_none_or(|prefix| {
+        prefix.len() <= 253
+            && prefix.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    });
+    prefix_valid && is_label_value(name)
+}
+
+/// Up to 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+/// Empty values are valid labels but left to the client, where no syntax question arises.
+fn is_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let alphanumeric = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    value.len() <= 63
+        && alphanumeric(bytes.first())
+        && alphanumeric(bytes.last())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// True when `labels` satisfy `selector` (an empty selector matches everything).
 pub fn label_selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     let by_label = selector
@@ -291,6 +366,15 @@ mod tests {
         not_selected: Vec<Probe>,
         #[serde(default)]
         invalid: Option<String>,
+        /// The `labelSelector` query a list of each resource carries (null: none).
+        #[serde(default)]
+        server_queries: Vec<ServerQuery>,
+    }
+
+    #[derive(Deserialize)]
+    struct ServerQuery {
+        resource: ResourceType,
+        query: Option<String>,
     }
 
     #[derive(Deserialize)]
@@ -329,6 +413,31 @@ mod tests {
                     probe.object
                 );
             }
+            for expected in &case.server_queries {
+                assert_eq!(
+                    selection.server_label_selector(&expected.resource),
+                    expected.query,
+                    "{}: the query listing {}",
+                    case.name,
+                    expected.resource.plural
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn label_keys_and_values_follow_the_api_rules() {
+        for key in ["app", "stowage.io/bench-batch", "a.b-c/x_y.z", "A1"] {
+            assert!(is_label_key(key), "{key}");
+        }
+        for key in ["", "/a", "a/", "-a", "a b", "Bad.Prefix/a", "a/b/c", &"k".repeat(64)] {
+            assert!(!is_label_key(key), "{key}");
+        }
+        for value in ["0", "web", "a-b_c.d"] {
+            assert!(is_label_value(value), "{value}");
+        }
+        for value in ["", "a,b", "a)", "-a", "a b", &"v".repeat(64)] {
+            assert!(!is_label_value(value), "{value}");
         }
     }
 }

@@ -215,3 +215,94 @@ async fn dry_run_skip_update_prune_mapping_and_filters() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+async fn label_selectors_are_applied_by_the_api_server_and_checked_again() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    bed.with_namespace("rbk-labels", |client, ns| async move {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let labelled = [
+            ("taken", json!({"app": "web", "tier": "db", "team": "t"})),
+            (
+                "taken-too",
+                json!({"app": "web", "tier": "web", "team": "t", "env": "prod"}),
+            ),
+            ("other-app", json!({"app": "api", "tier": "db", "team": "t"})),
+            (
+                "test-env",
+                json!({"app": "web", "tier": "db", "team": "t", "env": "test"}),
+            ),
+            ("no-team", json!({"app": "web", "tier": "db"})),
+            (
+                "legacy",
+                json!({"app": "web", "tier": "db", "team": "t", "legacy": "yes"}),
+            ),
+            ("unlabelled", json!({})),
+        ];
+        for (name, labels) in &labelled {
+            let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}});
+            config_maps
+                .patch(name, &PatchParams::apply("rbk-test"), &Patch::Apply(&object))
+                .await?;
+        }
+        let set: stowage_api::resource_set::ResourceSetSpec = serde_json::from_value(json!({
+            "resourceSelectors": [{
+                "namespaces": [ns], "kinds": ["ConfigMap"],
+                "labelSelectors": {"matchLabels": {"app": "web"}, "matchExpressions": [
+                    {"key": "tier", "operator": "In", "values": ["db", "web"]},
+                    {"key": "env", "operator": "NotIn", "values": ["test"]},
+                    {"key": "team", "operator": "Exists"},
+                    {"key": "legacy", "operator": "DoesNotExist"},
+                ]},
+            }],
+        }))?;
+        let taken = |names: Vec<String>| {
+            let mut names = names;
+            names.sort();
+            names
+        };
+
+        // The query the backup lists with, as the API server understands it.
+        let selection = stowage_resource_backup_ctrl::selector::Selection::new(&set)?;
+        let served = backup::discover(&client).await?;
+        let resource = &served
+            .iter()
+            .find(|s| s.resource.group.is_empty() && s.resource.plural == "configmaps")
+            .context("ConfigMaps are served")?
+            .resource;
+        let query = selection
+            .server_label_selector(resource)
+            .context("the selector goes to the API server")?;
+        let listed = config_maps.list(&ListParams::default().labels(&query)).await?.items;
+        assert_eq!(
+            taken(listed.into_iter().filter_map(|c| c.metadata.name).collect()),
+            ["taken", "taken-too"],
+            "{query}"
+        );
+
+        // The backup takes those two.
+        let store: std::sync::Arc<dyn object_store::ObjectStore> =
+            std::sync::Arc::new(object_store::memory::InMemory::new());
+        let request = BackupRequest::new(store.clone(), "labels.tar.gz", "ResourceBackup", "test");
+        let outcome = backup::run(&client, &set, None, request, &backup::Progress::default()).await?;
+        assert_eq!(outcome.summary.objects, 2, "{:?}", outcome.summary);
+        let source = Source::new(store, "labels.tar.gz", Identities::none());
+        let mut stream = stowage_resource_backup_ctrl::reader::ArchiveStream::open(&source, Default::default());
+        let mut paths = Vec::new();
+        while let Some(item) = stream.next().await {
+            if let stowage_resource_backup_ctrl::reader::Item::Object { path, .. } = item {
+                paths.push(path);
+            }
+        }
+        stream.finish().await?;
+        assert_eq!(
+            taken(paths),
+            [
+                format!("core/v1/configmaps/{ns}/taken-too.json"),
+                format!("core/v1/configmaps/{ns}/taken.json")
+            ]
+        );
+        Ok(())
+    })
+    .await
+}

@@ -9,22 +9,28 @@
 //! namespaces (every object created); the controller's peak RSS (VmHWM, reset before each run)
 //! is measured for a backup and a restore of 5,000 and of 50,000 objects, each in a fresh
 //! process. Everything the bench creates is deleted at the end.
+//!
+//! This file runs and reports the measurements; seed.rs fills the bed (namespaces, objects,
+//! storage, ResourceSets) and empties it, controller.rs runs the controller process and reads
+//! its peak RSS.
+
+mod controller;
+mod seed;
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use stowage_api::{BackupStorage, ResourceBackup, ResourceRestore, ResourceSet};
+use stowage_api::{ResourceBackup, ResourceRestore};
 use stowage_e2e::bed::TestBed;
 
 use super::target_dir;
+use controller::{Controller, stop};
+use seed::ensure_namespace;
 
 const LABEL: &str = "stowage.io/bench";
 const BATCH: &str = "stowage.io/bench-batch";
@@ -254,151 +260,11 @@ impl Bench {
             stop(&mut controller);
         }
 
-        let mut report = String::new();
-        writeln!(
-            report,
-            "Stowage resources benchmark: ConfigMaps and Secrets of 1-4 KiB in {} namespaces ({} in the bed), \
-             resource-backup-ctrl (release) against the test bed's kube-apiserver 1.20, {} cores, load average {}",
-            sizes.namespaces,
-            sizes.all,
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            load_average()
-        )?;
-        writeln!(
-            report,
-            "\n| run | objects | seconds | objects/s | controller peak RSS |\n|---|---:|---:|---:|---:|"
-        )?;
-        for row in &rows {
-            writeln!(
-                report,
-                "| {} | {} | {:.2} | {:.0} | {} |",
-                row.label.replace('|', "\\|"),
-                row.objects,
-                row.seconds,
-                row.per_second(),
-                row.peak_rss_kib
-                    .map_or("".to_string(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0))
-            )?;
-        }
-        let rss = |label: &str| {
-            rows.iter()
-                .find(|r| r.label.starts_with(label))
-                .and_then(|r| r.peak_rss_kib)
-                .unwrap_or(0) as f64
-                / 1024.0
-        };
-        let backup_small = rss(&format!("Stowage ResourceBackup, {} objects", sizes.batch));
-        let backup_all = rss(&format!("Stowage ResourceBackup, {} objects", sizes.all));
-        let restore_small = rss(&format!("Stowage ResourceRestore, {} objects read", sizes.batch));
-        let restore_all = rss(&format!("Stowage ResourceRestore, {} objects read", sizes.all));
-        writeln!(report, "\n| ratio | value | target |\n|---|---:|---:|")?;
-        writeln!(
-            report,
-            "| backup objects/s, Stowage / kubectl loop \\| gzip \\| age | {ratio:.2}x | ≥ 3x |"
-        )?;
-        writeln!(
-            report,
-            "| backup peak RSS, {} / {} objects | {backup_all:.1} / {backup_small:.1} MiB ({:.2}x) | flat, < 128 MiB |",
-            sizes.all,
-            sizes.batch,
-            backup_all / backup_small
-        )?;
-        writeln!(
-            report,
-            "| restore peak RSS, {} / {} objects | {restore_all:.1} / {restore_small:.1} MiB ({:.2}x) | flat, < 128 MiB |",
-            sizes.all,
-            sizes.batch,
-            restore_all / restore_small
-        )?;
-        Ok(report)
-    }
-
-    /// Creates the namespaces and objects the bed lacks, `CREATING` at a time.
-    async fn populate(&self, client: &kube::Client) -> anyhow::Result<()> {
-        let sizes = &self.sizes;
-        for i in 0..sizes.namespaces {
-            ensure_namespace(client, &format!("{PREFIX}-{i}")).await?;
-        }
-        eprintln!("creating {} ConfigMaps and Secrets…", sizes.all);
-        let started = Instant::now();
-        let mut created = futures::stream::iter(0..sizes.all)
-            .map(|i| create_object(client, i, sizes))
-            .buffer_unordered(CREATING);
-        let mut count = 0;
-        while let Some(result) = created.next().await {
-            result?;
-            count += 1;
-            if count % 5_000 == 0 {
-                eprintln!(
-                    "  {count} objects ({:.0}/s)",
-                    count as f64 / started.elapsed().as_secs_f64()
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// The storage, the age key Secret and the three ResourceSets.
-    async fn setup(&self, client: &kube::Client) -> anyhow::Result<()> {
-        let sizes = &self.sizes;
-        let apply = PatchParams::apply("stowage-bench").force();
-        let storage: BackupStorage = serde_json::from_value(json!({
-            "apiVersion": "stowage.io/v1alpha1", "kind": "BackupStorage", "metadata": {"name": PREFIX},
-            "spec": {"type": "Filesystem", "filesystem": {"path": self.dir.join("store")}},
-        }))?;
-        Api::<BackupStorage>::all(client.clone())
-            .patch(PREFIX, &apply, &Patch::Apply(&storage))
-            .await?;
-        let secret: Secret =
-            serde_json::from_value(json!({"metadata": {"name": "age"}, "stringData": {"key.txt": self.identity}}))?;
-        Api::<Secret>::namespaced(client.clone(), SYSTEM)
-            .patch("age", &apply, &Patch::Apply(&secret))
-            .await?;
-        let batches = |objects: usize| {
-            (0..objects.div_ceil(sizes.batch))
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-        };
-        for (name, objects) in [("small", sizes.batch), ("main", sizes.main), ("all", sizes.all)] {
-            let set: ResourceSet = serde_json::from_value(json!({
-                "apiVersion": "stowage.io/v1alpha1", "kind": "ResourceSet", "metadata": {"name": format!("{PREFIX}-{name}")},
-                "spec": {"resourceSelectors": [{
-                    "apiVersion": "v1", "kinds": ["ConfigMap", "Secret"], "namespaceRegexp": format!("^{PREFIX}-[0-9]+$"),
-                    "labelSelectors": {"matchExpressions": [{"key": BATCH, "operator": "In", "values": batches(objects)}]},
-                }]},
-            }))?;
-            Api::<ResourceSet>::all(client.clone())
-                .patch(&format!("{PREFIX}-{name}"), &apply, &Patch::Apply(&set))
-                .await?;
-        }
-        Ok(())
+        report(sizes, &rows, ratio)
     }
 
     fn start_controller(&self) -> anyhow::Result<Controller> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(self.dir.join("controller.log"))?;
-        let child = Command::new(&self.binary)
-            .args(["--namespace", SYSTEM, "--leader-elect=false"])
-            .arg(format!("--admin-address=127.0.0.1:{port}"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "warn")
-            // As deploy/resource-backup-ctrl runs it.
-            .env("MALLOC_ARENA_MAX", "2")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting resource-backup-ctrl")?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !ready(port) {
-            if Instant::now() > deadline {
-                bail!(
-                    "resource-backup-ctrl not ready after 120 s; see {}",
-                    self.dir.join("controller.log").display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(Controller { child })
+        Controller::start(&self.binary, &self.kubeconfig, &self.dir.join("controller.log"))
     }
 
     /// A ResourceBackup of ResourceSet `set`, timed from creation to Succeeded.
@@ -490,96 +356,67 @@ impl Bench {
             peak_rss_kib: None,
         })
     }
+}
 
-    async fn clean_up(&self, client: &kube::Client) -> anyhow::Result<()> {
-        let delete = DeleteParams::background();
-        let restores: Api<ResourceRestore> = Api::all(client.clone());
-        let backups: Api<ResourceBackup> = Api::all(client.clone());
-        let sets: Api<ResourceSet> = Api::all(client.clone());
-        for list in [
-            restores
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .map(|o| o.metadata.name)
-                .collect::<Vec<_>>(),
-            backups
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .map(|o| o.metadata.name)
-                .collect(),
-        ] {
-            for name in list.into_iter().flatten().filter(|n| n.starts_with(PREFIX)) {
-                let _ = restores.delete(&name, &delete).await;
-                let _ = backups.delete(&name, &delete).await;
-            }
-        }
-        for name in ["small", "main", "all"] {
-            let _ = sets.delete(&format!("{PREFIX}-{name}"), &delete).await;
-        }
-        let _ = Api::<BackupStorage>::all(client.clone()).delete(PREFIX, &delete).await;
-        // The namespace controller deletes the objects in the background.
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        for namespace in namespaces.list(&Default::default()).await?.items {
-            if let Some(name) = namespace.metadata.name.filter(|n| n.starts_with(PREFIX)) {
-                let _ = namespaces.delete(&name, &delete).await;
-            }
-        }
-        Ok(())
+/// The report: every run, then the ratios against the issue's targets.
+fn report(sizes: &Sizes, rows: &[Row], ratio: f64) -> anyhow::Result<String> {
+    let mut report = String::new();
+    writeln!(
+        report,
+        "Stowage resources benchmark: ConfigMaps and Secrets of 1-4 KiB in {} namespaces ({} in the bed), \
+         resource-backup-ctrl (release) against the test bed's kube-apiserver 1.20, {} cores, load average {}",
+        sizes.namespaces,
+        sizes.all,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average()
+    )?;
+    writeln!(
+        report,
+        "\n| run | objects | seconds | objects/s | controller peak RSS |\n|---|---:|---:|---:|---:|"
+    )?;
+    for row in rows {
+        writeln!(
+            report,
+            "| {} | {} | {:.2} | {:.0} | {} |",
+            row.label.replace('|', "\\|"),
+            row.objects,
+            row.seconds,
+            row.per_second(),
+            row.peak_rss_kib
+                .map_or("".to_string(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0))
+        )?;
     }
-}
-
-/// The controller process; killed when dropped.
-struct Controller {
-    child: Child,
-}
-
-impl Controller {
-    /// Resets the process's peak RSS (VmHWM) to its current RSS.
-    fn reset_peak(&self) -> anyhow::Result<()> {
-        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").context("resetting VmHWM")
-    }
-
-    fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/<pid>/status")
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stop(controller: &mut Controller) {
-    let _ = controller.child.kill();
-    let _ = controller.child.wait();
-}
-
-/// True when the admin server answers `/readyz` with 200.
-fn ready(port: u16) -> bool {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+    let rss = |label: &str| {
+        rows.iter()
+            .find(|r| r.label.starts_with(label))
+            .and_then(|r| r.peak_rss_kib)
+            .unwrap_or(0) as f64
+            / 1024.0
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
+    let backup_small = rss(&format!("Stowage ResourceBackup, {} objects", sizes.batch));
+    let backup_all = rss(&format!("Stowage ResourceBackup, {} objects", sizes.all));
+    let restore_small = rss(&format!("Stowage ResourceRestore, {} objects read", sizes.batch));
+    let restore_all = rss(&format!("Stowage ResourceRestore, {} objects read", sizes.all));
+    writeln!(report, "\n| ratio | value | target |\n|---|---:|---:|")?;
+    writeln!(
+        report,
+        "| backup objects/s, Stowage / kubectl loop \\| gzip \\| age | {ratio:.2}x | ≥ 3x |"
+    )?;
+    writeln!(
+        report,
+        "| backup peak RSS, {} / {} objects | {backup_all:.1} / {backup_small:.1} MiB ({:.2}x) | flat, < 128 MiB |",
+        sizes.all,
+        sizes.batch,
+        backup_all / backup_small
+    )?;
+    writeln!(
+        report,
+        "| restore peak RSS, {} / {} objects | {restore_all:.1} / {restore_small:.1} MiB ({:.2}x) | flat, < 128 MiB |",
+        sizes.all,
+        sizes.batch,
+        restore_all / restore_small
+    )?;
+    Ok(report)
 }
 
 /// Polls `name` until its phase is one of `phases` (no time limit: a big run takes minutes).
@@ -593,63 +430,6 @@ where
             return Ok(status);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Creates namespace `name` unless it exists; one still terminating (an earlier run's) is
-/// waited for first.
-async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    loop {
-        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        match namespaces.create(&PostParams::default(), &namespace).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let terminating = namespaces
-                    .get_opt(name)
-                    .await?
-                    .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
-                if !terminating {
-                    return Ok(());
-                }
-                eprintln!("  waiting for namespace {name} of an earlier run to go…");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Object `i`: a ConfigMap (even) or Secret (odd) of 1-4 KiB in namespace `i % namespaces`.
-async fn create_object(client: &kube::Client, i: usize, sizes: &Sizes) -> anyhow::Result<()> {
-    let namespace = format!("{PREFIX}-{}", i % sizes.namespaces);
-    let name = format!("obj-{i}");
-    let size = 1024 + (i * 7919) % 3072;
-    let mut seed = i as u64 ^ 0x9e37_79b9_7f4a_7c15;
-    let text: String = (0..size)
-        .map(|_| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789 "[(seed >> 33) as usize % 37])
-        })
-        .collect();
-    let metadata = json!({"name": name, "labels": {LABEL: "resources", BATCH: (i / sizes.batch).to_string()}});
-    let created = if i.is_multiple_of(2) {
-        let object: ConfigMap = serde_json::from_value(json!({"metadata": metadata, "data": {"value": text}}))?;
-        Api::<ConfigMap>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &object)
-            .await
-            .map(|_| ())
-    } else {
-        let object: Secret = serde_json::from_value(json!({"metadata": metadata, "stringData": {"value": text}}))?;
-        Api::<Secret>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &object)
-            .await
-            .map(|_| ())
-    };
-    match created {
-        Ok(()) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(e) => Err(anyhow::Error::from(e).context(format!("creating {namespace}/{name}"))),
     }
 }
 

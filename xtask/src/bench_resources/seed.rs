@@ -1,0 +1,172 @@
+//! The bench's bed: namespaces full of ConfigMaps and Secrets labelled in batches, the
+//! storage, the age key and the ResourceSets the runs use; and the clean-up at the end.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use stowage_api::{BackupStorage, ResourceBackup, ResourceRestore, ResourceSet};
+
+use super::{BATCH, Bench, CREATING, LABEL, PREFIX, SYSTEM, Sizes};
+
+impl Bench {
+    /// Creates the namespaces and objects the bed lacks, `CREATING` at a time.
+    pub(super) async fn populate(&self, client: &kube::Client) -> anyhow::Result<()> {
+        let sizes = &self.sizes;
+        for i in 0..sizes.namespaces {
+            ensure_namespace(client, &format!("{PREFIX}-{i}")).await?;
+        }
+        eprintln!("creating {} ConfigMaps and Secrets…", sizes.all);
+        let started = Instant::now();
+        let mut created = futures::stream::iter(0..sizes.all)
+            .map(|i| create_object(client, i, sizes))
+            .buffer_unordered(CREATING);
+        let mut count = 0;
+        while let Some(result) = created.next().await {
+            result?;
+            count += 1;
+            if count % 5_000 == 0 {
+                eprintln!(
+                    "  {count} objects ({:.0}/s)",
+                    count as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The storage, the age key Secret and the three ResourceSets.
+    pub(super) async fn setup(&self, client: &kube::Client) -> anyhow::Result<()> {
+        let sizes = &self.sizes;
+        let apply = PatchParams::apply("stowage-bench").force();
+        let storage: BackupStorage = serde_json::from_value(json!({
+            "apiVersion": "stowage.io/v1alpha1", "kind": "BackupStorage", "metadata": {"name": PREFIX},
+            "spec": {"type": "Filesystem", "filesystem": {"path": self.dir.join("store")}},
+        }))?;
+        Api::<BackupStorage>::all(client.clone())
+            .patch(PREFIX, &apply, &Patch::Apply(&storage))
+            .await?;
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": "age"}, "stringData": {"key.txt": self.identity}}))?;
+        Api::<Secret>::namespaced(client.clone(), SYSTEM)
+            .patch("age", &apply, &Patch::Apply(&secret))
+            .await?;
+        let batches = |objects: usize| {
+            (0..objects.div_ceil(sizes.batch))
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+        };
+        for (name, objects) in [("small", sizes.batch), ("main", sizes.main), ("all", sizes.all)] {
+            let set: ResourceSet = serde_json::from_value(json!({
+                "apiVersion": "stowage.io/v1alpha1", "kind": "ResourceSet", "metadata": {"name": format!("{PREFIX}-{name}")},
+                "spec": {"resourceSelectors": [{
+                    "apiVersion": "v1", "kinds": ["ConfigMap", "Secret"], "namespaceRegexp": format!("^{PREFIX}-[0-9]+$"),
+                    "labelSelectors": {"matchExpressions": [{"key": BATCH, "operator": "In", "values": batches(objects)}]},
+                }]},
+            }))?;
+            Api::<ResourceSet>::all(client.clone())
+                .patch(&format!("{PREFIX}-{name}"), &apply, &Patch::Apply(&set))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn clean_up(&self, client: &kube::Client) -> anyhow::Result<()> {
+        let delete = DeleteParams::background();
+        let restores: Api<ResourceRestore> = Api::all(client.clone());
+        let backups: Api<ResourceBackup> = Api::all(client.clone());
+        let sets: Api<ResourceSet> = Api::all(client.clone());
+        for list in [
+            restores
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .map(|o| o.metadata.name)
+                .collect::<Vec<_>>(),
+            backups
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .map(|o| o.metadata.name)
+                .collect(),
+        ] {
+            for name in list.into_iter().flatten().filter(|n| n.starts_with(PREFIX)) {
+                let _ = restores.delete(&name, &delete).await;
+                let _ = backups.delete(&name, &delete).await;
+            }
+        }
+        for name in ["small", "main", "all"] {
+            let _ = sets.delete(&format!("{PREFIX}-{name}"), &delete).await;
+        }
+        let _ = Api::<BackupStorage>::all(client.clone()).delete(PREFIX, &delete).await;
+        // The namespace controller deletes the objects in the background.
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for namespace in namespaces.list(&Default::default()).await?.items {
+            if let Some(name) = namespace.metadata.name.filter(|n| n.starts_with(PREFIX)) {
+                let _ = namespaces.delete(&name, &delete).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates namespace `name` unless it exists; one still terminating (an earlier run's) is
+/// waited for first.
+pub(super) async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    loop {
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        match namespaces.create(&PostParams::default(), &namespace).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let terminating = namespaces
+                    .get_opt(name)
+                    .await?
+                    .is_some_and(|n| n.metadata.deletion_timestamp.is_some());
+                if !terminating {
+                    return Ok(());
+                }
+                eprintln!("  waiting for namespace {name} of an earlier run to go…");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Object `i`: a ConfigMap (even) or Secret (odd) of 1-4 KiB in namespace `i % namespaces`.
+async fn create_object(client: &kube::Client, i: usize, sizes: &Sizes) -> anyhow::Result<()> {
+    let namespace = format!("{PREFIX}-{}", i % sizes.namespaces);
+    let name = format!("obj-{i}");
+    let size = 1024 + (i * 7919) % 3072;
+    let mut seed = i as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let text: String = (0..size)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789 "[(seed >> 33) as usize % 37])
+        })
+        .collect();
+    let metadata = json!({"name": name, "labels": {LABEL: "resources", BATCH: (i / sizes.batch).to_string()}});
+    let created = if i.is_multiple_of(2) {
+        let object: ConfigMap = serde_json::from_value(json!({"metadata": metadata, "data": {"value": text}}))?;
+        Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &object)
+            .await
+            .map(|_| ())
+    } else {
+        let object: Secret = serde_json::from_value(json!({"metadata": metadata, "stringData": {"value": text}}))?;
+        Api::<Secret>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &object)
+            .await
+            .map(|_| ())
+    };
+    match created {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("creating {namespace}/{name}"))),
+    }
+}
