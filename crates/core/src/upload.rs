@@ -1,6 +1,7 @@
 //! Streaming uploads: small payloads in one PUT, large ones as a multipart
 //! upload with a bounded number of parts in flight, aborted on any failure so
-//! nothing is left behind.
+//! nothing is left behind. An upload that is dropped unfinished (its backup's
+//! future was cancelled, say by a controller shutting down) is aborted too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,8 @@ enum State {
         upload: Box<dyn MultipartUpload>,
         tasks: JoinSet<object_store::Result<()>>,
     },
+    /// Completed or aborted: nothing left to clean up.
+    Closed,
 }
 
 /// An upload in progress. Feed it with [`Uploader::push`], then call
@@ -132,29 +135,52 @@ impl Uploader {
             .complete()
             .await
             .map_err(|e| Error::storage("multipart upload completion", &self.path, e))?;
+        self.state = State::Closed;
         Ok(())
     }
 
     /// Cancels the upload and removes its parts. A storage outage may be what
     /// failed the upload, so the abort is retried for a while rather than
     /// leaving an open multipart upload (and its billed parts) behind.
-    pub(crate) async fn abort(self) {
-        let State::Multipart { mut upload, mut tasks } = self.state else {
-            return;
-        };
-        tasks.shutdown().await;
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=ABORT_ATTEMPTS {
-            match upload.abort().await {
-                Ok(()) => return,
-                Err(e) if attempt == ABORT_ATTEMPTS => {
-                    tracing::warn!(path = %self.path, error = %e, "could not abort the multipart upload; the storage's lifecycle rules must clean it up");
-                }
-                Err(e) => {
-                    tracing::debug!(path = %self.path, error = %e, attempt, "multipart abort failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+    pub(crate) async fn abort(mut self) {
+        if let State::Multipart { upload, tasks } = std::mem::replace(&mut self.state, State::Closed) {
+            abort_multipart(upload, tasks, self.path.clone()).await;
+        }
+    }
+}
+
+impl Drop for Uploader {
+    /// A multipart upload still open here was neither finished nor aborted:
+    /// the backup's future was dropped mid-stream. Abort it from a task of its
+    /// own, so its parts are not left behind in the bucket (and billed).
+    fn drop(&mut self) {
+        if let State::Multipart { upload, tasks } = std::mem::replace(&mut self.state, State::Closed)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(abort_multipart(upload, tasks, self.path.clone()));
+        }
+    }
+}
+
+/// Stops the part uploads, then aborts. A storage outage may be what failed
+/// the upload, so the abort is retried for a while.
+async fn abort_multipart(
+    mut upload: Box<dyn MultipartUpload>,
+    mut tasks: JoinSet<object_store::Result<()>>,
+    path: Path,
+) {
+    tasks.shutdown().await;
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=ABORT_ATTEMPTS {
+        match upload.abort().await {
+            Ok(()) => return,
+            Err(e) if attempt == ABORT_ATTEMPTS => {
+                tracing::warn!(%path, error = %e, "could not abort the multipart upload; the storage's lifecycle rules must clean it up");
+            }
+            Err(e) => {
+                tracing::debug!(%path, error = %e, attempt, "multipart abort failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

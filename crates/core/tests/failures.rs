@@ -208,3 +208,39 @@ async fn s3_outage_mid_upload_fails_the_backup_and_leaves_no_open_upload() {
     let listed = stowage_core::catalog::list(store.as_ref(), "outage").await.unwrap();
     assert!(listed.is_empty(), "nothing is left behind: {listed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_dropped_mid_stream_aborts_its_multipart_upload() {
+    let backends = Backends::start().await;
+    let store = backends.s3.store();
+    let mut request = BackupRequest::new(store.clone(), "dropped/x.bin", "Test", "dropped");
+    request.compression = Compression::none();
+    request.upload = UploadOptions {
+        part_size: 5 << 20,
+        parts_in_flight: 1,
+    };
+    let progress = request.progress.clone();
+    // An endless source: the backup only ends because its task is aborted, as a
+    // controller's run is when the controller shuts down.
+    let running = tokio::spawn(backup(request, Generated::new(Pattern::Random, 2, u64::MAX)));
+    while progress.stored.bytes() < 20 << 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !backends.s3.open_uploads().is_empty(),
+        "a multipart upload is open mid-stream"
+    );
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !backends.s3.open_uploads().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        backends.s3.open_uploads(),
+        Vec::<String>::new(),
+        "the dropped backup's multipart upload was aborted"
+    );
+    let listed = stowage_core::catalog::list(store.as_ref(), "dropped").await.unwrap();
+    assert!(listed.is_empty(), "nothing is left behind: {listed:?}");
+}
