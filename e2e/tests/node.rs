@@ -7,26 +7,12 @@ use std::time::Instant;
 use futures::AsyncBufReadExt as _;
 use futures::TryStreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::json;
 use stowage_e2e::bed;
 use stowage_e2e::bed::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Waits for the `default` ServiceAccount's token Secret: the 1.20 apiserver refuses Pods
-/// ("No API token found for service account") until the token controller has created it.
-async fn wait_for_token(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    wait_for("the token of ServiceAccount default", || async {
-        let account = accounts.get_opt("default").await?;
-        Ok(account
-            .and_then(|account| account.secrets)
-            .is_some_and(|secrets| !secrets.is_empty())
-            .then_some(()))
-    })
-    .await
-}
 
 /// A Pod from its `spec` (JSON), created in `namespace`.
 async fn create_pod(
@@ -35,7 +21,6 @@ async fn create_pod(
     name: &str,
     spec: serde_json::Value,
 ) -> anyhow::Result<Api<Pod>> {
-    wait_for_token(client, namespace).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",

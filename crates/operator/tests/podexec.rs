@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -26,28 +26,8 @@ fn deadline() -> Instant {
     Instant::now() + Duration::from_secs(120)
 }
 
-/// Waits for the `default` ServiceAccount's token Secret: the 1.20 apiserver refuses Pods
-/// ("No API token found for service account") until the token controller has created it.
-async fn wait_for_token(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    wait_for("the token of ServiceAccount default", || async {
-        let account = accounts.get_opt("default").await?;
-        Ok(account
-            .and_then(|account| account.secrets)
-            .is_some_and(|secrets| !secrets.is_empty())
-            .then_some(()))
-    })
-    .await
-}
-
-/// Run parameters for Pod `name` from a Pod `spec` (JSON), after the namespace can take Pods.
-async fn run_params(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> anyhow::Result<ExecPodParams> {
-    wait_for_token(client, namespace).await?;
+/// Run parameters for Pod `name` from a Pod `spec` (JSON).
+fn run_params(namespace: &str, name: &str, spec: serde_json::Value) -> anyhow::Result<ExecPodParams> {
     Ok(ExecPodParams {
         namespace: namespace.into(),
         name: name.into(),
@@ -113,7 +93,7 @@ async fn stdout_streams_50_mib_while_a_chatty_stderr_is_drained() -> anyhow::Res
     const SIZE: u64 = 50 * 1024 * 1024;
     let bed = bed().await?;
     bed.with_namespace("podexec-stdout", |client, ns| async move {
-        let params = run_params(&client, &ns, "dump", idle()).await?;
+        let params = run_params(&ns, "dump", idle())?;
         // 4 MiB of stderr first: more than every pipe on the way holds, so the command only
         // gets to its stdout if stderr is read while the caller waits for stdout.
         let script =
@@ -157,7 +137,7 @@ async fn stdin_is_fed_from_an_async_read() -> anyhow::Result<()> {
             }],
             "volumes": [{ "name": "data", "emptyDir": {} }],
         });
-        let params = run_params(&client, &ns, "restore", spec).await?;
+        let params = run_params(&ns, "restore", spec)?;
         let (fed, read_back) = ExecPod::run(&client, &params, |pod| async move {
             pod.wait_running("main", START_TIMEOUT).await?;
             let mut stdin = pod
@@ -186,7 +166,7 @@ async fn stdin_is_fed_from_an_async_read() -> anyhow::Result<()> {
 async fn a_failing_command_surfaces_its_exit_code_and_stderr_tail() -> anyhow::Result<()> {
     let bed = bed().await?;
     bed.with_namespace("podexec-exit", |client, ns| async move {
-        let params = run_params(&client, &ns, "fails", idle()).await?;
+        let params = run_params(&ns, "fails", idle())?;
         let (stdout, backup, restore) = ExecPod::run(&client, &params, |pod| async move {
             pod.wait_running("main", START_TIMEOUT).await?;
             let script = "echo partial; yes oops | head -c 100000 >&2; echo 'pg_dump: connection refused' >&2; exit 3";
@@ -234,7 +214,7 @@ async fn a_failing_command_surfaces_its_exit_code_and_stderr_tail() -> anyhow::R
 async fn a_deadline_abandons_the_command() -> anyhow::Result<()> {
     let bed = bed().await?;
     bed.with_namespace("podexec-deadline", |client, ns| async move {
-        let params = run_params(&client, &ns, "slow", idle()).await?;
+        let params = run_params(&ns, "slow", idle())?;
         let (read_error, stdout_end, stdin_end) = ExecPod::run(&client, &params, |pod| async move {
             pod.wait_running("main", START_TIMEOUT).await?;
             let soon = Instant::now() + Duration::from_secs(3);
@@ -278,7 +258,7 @@ async fn a_container_that_exits_fails_the_start_with_its_exit_code_and_output() 
             "image": "postgres:16",
             "command": ["sh", "-c", "echo could not reach the database; exit 3"],
         }] });
-        let params = run_params(&client, &ns, "crashes", spec).await?;
+        let params = run_params(&ns, "crashes", spec)?;
         // The container may be seen running for an instant: then the exec is refused, and the
         // error explains why all the same.
         let result = ExecPod::run(&client, &params, |pod| async move {
@@ -311,7 +291,7 @@ async fn a_missing_secret_and_an_unschedulable_pod_say_why_they_do_not_start() -
             "command": ["sleep", "infinity"],
             "env": [{ "name": "PGPASSWORD", "valueFrom": { "secretKeyRef": { "name": "db-credentials", "key": "password" } } }],
         }] });
-        let params = run_params(&client, &ns, "no-secret", spec).await?;
+        let params = run_params(&ns, "no-secret", spec)?;
         let err = ExecPod::run(&client, &params, |pod| async move { pod.wait_running("main", START_TIMEOUT).await })
             .await
             .expect_err("the Secret is missing");
@@ -326,7 +306,7 @@ async fn a_missing_secret_and_an_unschedulable_pod_say_why_they_do_not_start() -
             "nodeSelector": { "disktype": "none-such" },
             "containers": [{ "name": "main", "image": "postgres:16", "command": ["sleep", "infinity"] }],
         });
-        let params = run_params(&client, &ns, "unschedulable", spec).await?;
+        let params = run_params(&ns, "unschedulable", spec)?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let err = ExecPod::run(&client, &params, |pod| async move {
             let condition = json!({ "status": { "conditions": [{
@@ -368,7 +348,7 @@ async fn the_pod_has_the_runs_owner_and_labels_and_is_deleted_even_when_dropped(
             controller: Some(true),
             block_owner_deletion: Some(true),
         };
-        let mut run = run_params(&client, &ns, "nightly-1-exec", idle()).await?;
+        let mut run = run_params(&ns, "nightly-1-exec", idle())?;
         run.template.metadata = Some(serde_json::from_value(
             json!({ "labels": { "app": "dump", "stowage.io/test": "theirs" } }),
         )?);
@@ -411,7 +391,6 @@ async fn the_pod_has_the_runs_owner_and_labels_and_is_deleted_even_when_dropped(
 async fn hooks_run_in_an_existing_pod_with_exit_code_output_and_timeout() -> anyhow::Result<()> {
     let bed = bed().await?;
     bed.with_namespace("podexec-hook", |client, ns| async move {
-        wait_for_token(&client, &ns).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let app: Pod = serde_json::from_value(json!({ "metadata": { "name": "app" }, "spec": {
             "containers": [{ "name": "db", "image": "postgres:16", "command": ["sleep", "infinity"] }],
@@ -492,7 +471,7 @@ async fn a_killed_restore_never_sees_the_end_of_its_input() -> anyhow::Result<()
             }],
             "volumes": [{ "name": "out", "hostPath": { "path": host_path } }],
         });
-        let params = run_params(&client, &ns, "cut-off", spec).await?;
+        let params = run_params(&ns, "cut-off", spec)?;
         let written = ExecPod::run(&client, &params, |pod| async move {
             pod.wait_running("main", START_TIMEOUT).await?;
             // Marks its input complete only when it reads to the end of it, as a restore would.
