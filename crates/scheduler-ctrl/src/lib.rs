@@ -11,12 +11,16 @@
 pub mod check;
 pub mod controller;
 pub mod error;
+pub mod events;
+pub mod memory;
 pub mod metrics;
 pub mod naming;
+pub mod priority;
 pub mod reconcile;
 pub mod retention;
 pub mod runs;
 pub mod schedule;
+pub mod store;
 
 pub use controller::{CONTROLLER, SchedulerContext, run, start};
 pub use error::Error;

@@ -35,7 +35,7 @@ const VALID_SCHEDULE: &str = "the schedule and its time zone are valid";
 struct Pass<'a> {
     kit: &'a Context,
     ctx: &'a SchedulerContext,
-    schedule: &'a BackupSchedule,
+    schedule: &'a Arc<BackupSchedule>,
     namespace: String,
     name: String,
     generation: Option<i64>,
@@ -59,7 +59,7 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<SchedulerContext>
         generation: schedule.meta().generation,
         kind,
         runs_api: runs::api(&kit.client, kind, &namespace),
-        status: schedule.status.clone().unwrap_or_default(),
+        status: ctx.memory.status(&schedule),
         namespace,
     };
     let before = pass.status.clone();
@@ -75,7 +75,7 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<SchedulerContext>
         return pass.refuse(refusal, &before, now).await;
     }
     let mut runs = pass.list_runs().await?;
-    pass.follow_suspend(&checked, &before, now).await;
+    pass.follow_suspend(&checked, &before, now);
     pass.follow_trigger(&mut runs, now).await?;
     // The run comes first, Events about earlier runs after: lag is from the tick to the run.
     let next = if schedule.spec.suspend {
@@ -83,11 +83,11 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<SchedulerContext>
     } else {
         pass.act_on_tick(&checked, &mut runs, now).await?
     };
-    pass.observe_finished(&runs, &before).await;
+    pass.observe_finished(&runs, &before);
     pass.clean_up(&checked, &mut runs).await?;
     pass.ready(&runs, next, now);
     if pass.status != before {
-        patch_status(pass.kit, &pass.namespace, &pass.name, &pass.status).await?;
+        pass.patch_status().await?;
     }
     Ok(requeue(ctx.as_ref(), kind, &runs, next, kit.now()))
 }
@@ -128,10 +128,10 @@ impl Pass<'_> {
         );
         self.status.next_schedule_time = None;
         if news {
-            self.kit.warning(self.schedule, refusal.reason, &refusal.message).await;
+            self.ctx.events.warning(self.schedule, refusal.reason, refusal.message);
         }
         if self.status != *before {
-            patch_status(self.kit, &self.namespace, &self.name, &self.status).await?;
+            self.patch_status().await?;
         }
         Ok(Action::await_change())
     }
@@ -172,7 +172,7 @@ impl Pass<'_> {
                     self.generation,
                     now,
                 );
-                patch_status(self.kit, &self.namespace, &self.name, &self.status).await?;
+                self.patch_status().await?;
                 Err(Error::MissingReference {
                     reason: "RunKindNotInstalled",
                     message,
@@ -182,40 +182,39 @@ impl Pass<'_> {
         }
     }
 
-    /// The schedule's runs, from the API server's watch cache: a quorum read from etcd would
-    /// decode every run of the namespace for each schedule at each tick (with 1,000 schedules
-    /// a minute that starves etcd). The cache is at least as fresh as the watch event that
-    /// woke this pass, and a run created twice for one tick is refused by its name anyway.
+    /// The schedule's runs: from the run store (no read at all), with the runs this process
+    /// created or deleted that the store does not show yet. A kind installed after the
+    /// scheduler started is not watched; its runs are listed from the API server's watch
+    /// cache (a quorum read would decode every run of the namespace). A run created twice for
+    /// one tick is refused by its name anyway.
     async fn list_runs(&self) -> Result<Vec<Run>> {
-        let selector = runs::selector(self.kind, &self.namespace, &self.name);
-        let params = ListParams::default().labels(&selector).match_any();
-        let objects = self.runs_api.list(&params).await?;
-        Ok(objects.items.iter().map(Run::from_object).collect())
+        let mut runs = match self.ctx.runs.runs(self.kind, &self.namespace, &self.name) {
+            Some(runs) => runs,
+            None => {
+                let selector = runs::selector(self.kind, &self.namespace, &self.name);
+                let params = ListParams::default().labels(&selector).match_any();
+                let objects = self.runs_api.list(&params).await?;
+                objects.items.iter().map(Run::from_object).collect()
+            }
+        };
+        self.ctx.memory.overlay(self.schedule, &mut runs);
+        Ok(runs)
     }
 
     /// Events for runs that finished since the last pass; the last successful time.
-    async fn observe_finished(&mut self, runs: &[Run], before: &BackupScheduleStatus) {
+    fn observe_finished(&mut self, runs: &[Run], before: &BackupScheduleStatus) {
         for run in runs.iter().filter(|r| r.outcome != Outcome::Active) {
             if !before.active.iter().any(|active| active.name == run.name) {
                 continue;
             }
             let phase = run.phase.as_deref().unwrap_or("finished");
+            let events = &self.ctx.events;
             if run.outcome == Outcome::Succeeded {
-                self.kit
-                    .normal(
-                        self.schedule,
-                        "RunSucceeded",
-                        format!("{} {} succeeded", self.kind, run.name),
-                    )
-                    .await;
+                let message = format!("{} {} succeeded", self.kind, run.name);
+                events.normal(self.schedule, "RunSucceeded", message);
             } else {
-                self.kit
-                    .warning(
-                        self.schedule,
-                        "RunFailed",
-                        format!("{} {} {phase}", self.kind, run.name),
-                    )
-                    .await;
+                let message = format!("{} {} {phase}", self.kind, run.name);
+                events.warning(self.schedule, "RunFailed", message);
             }
         }
         let latest = runs
@@ -235,7 +234,7 @@ impl Pass<'_> {
     }
 
     /// The Suspended condition; on resume, ticks that passed while suspended are skipped.
-    async fn follow_suspend(&mut self, checked: &Checked, before: &BackupScheduleStatus, now: DateTime<Utc>) {
+    fn follow_suspend(&mut self, checked: &Checked, before: &BackupScheduleStatus, now: DateTime<Utc>) {
         let suspend = self.schedule.spec.suspend;
         let was_suspended = conditions::is_true(&before.conditions, "Suspended");
         let (reason, message) = if suspend {
@@ -253,7 +252,7 @@ impl Pass<'_> {
             now,
         );
         if suspend && !was_suspended {
-            self.kit.normal(self.schedule, "Suspended", message).await;
+            self.ctx.events.normal(self.schedule, "Suspended", message);
         }
         if !suspend && was_suspended {
             let missed = checked
@@ -264,9 +263,8 @@ impl Pass<'_> {
                 self.status.last_skipped_time = Some(to_time(tick));
                 self.skipped("Suspended");
             }
-            self.kit
-                .normal(self.schedule, "Resumed", "runs are created again from the next tick")
-                .await;
+            let message = "runs are created again from the next tick";
+            self.ctx.events.normal(self.schedule, "Resumed", message);
         }
     }
 
@@ -314,7 +312,7 @@ impl Pass<'_> {
                     "missed the tick at {tick}{earlier} by {}s, more than startingDeadlineSeconds: waiting for the next",
                     late_by.num_seconds()
                 );
-                self.kit.warning(self.schedule, "MissedSchedule", message).await;
+                self.ctx.events.warning(self.schedule, "MissedSchedule", message);
             }
             Some(Due::Run { tick, .. }) if runs.iter().any(|r| r.name == run_name(&self.name, tick)) => {
                 // Created by an earlier pass whose status this (cached) schedule does not show yet.
@@ -334,7 +332,7 @@ impl Pass<'_> {
                         "skipped the tick at {tick}: {} still active (concurrencyPolicy Forbid)",
                         active.join(", ")
                     );
-                    self.kit.normal(self.schedule, "TickSkipped", message).await;
+                    self.ctx.events.normal(self.schedule, "TickSkipped", message);
                     return Ok(plan.next);
                 }
                 if !active.is_empty() && policy == ConcurrencyPolicy::Replace {
@@ -355,7 +353,7 @@ impl Pass<'_> {
     /// Deletes the active runs under concurrencyPolicy Replace.
     async fn replace(&mut self, runs: &mut [Run], active: &[String]) -> Result<()> {
         for name in active {
-            delete_run(&self.runs_api, name).await?;
+            self.delete_run(name).await?;
             if let Some(run) = runs.iter_mut().find(|r| &r.name == name) {
                 run.terminating = true;
             }
@@ -363,7 +361,7 @@ impl Pass<'_> {
                 "deleted active {} {name} to start a new run (concurrencyPolicy Replace)",
                 self.kind
             );
-            self.kit.normal(self.schedule, "RunReplaced", message).await;
+            self.ctx.events.normal(self.schedule, "RunReplaced", message);
         }
         Ok(())
     }
@@ -382,8 +380,12 @@ impl Pass<'_> {
             Cause::Tick => run_name(&self.name, tick),
         };
         let object = runs::build(self.schedule, &name, tick, cause);
-        match self.runs_api.create(&PostParams::default(), &object).await {
+        let creating = self.ctx.runs_first.creating();
+        let created = self.runs_api.create(&PostParams::default(), &object).await;
+        drop(creating);
+        match created {
             Ok(_) => {
+                self.ctx.memory.created(self.schedule, &name, tick);
                 let reason = if matches!(cause, Cause::Manual(_)) {
                     "Manual"
                 } else {
@@ -401,7 +403,7 @@ impl Pass<'_> {
                     tracing::debug!(run = %name, lag_seconds = lag, "run created");
                 }
                 let message = format!("created {} {name}{note}", self.kind);
-                self.kit.normal(self.schedule, "RunCreated", message).await;
+                self.ctx.events.normal(self.schedule, "RunCreated", message);
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 tracing::debug!(run = %name, "run already exists: created by an earlier pass");
@@ -433,8 +435,9 @@ impl Pass<'_> {
         if cleanup.delete.is_empty() {
             return Ok(());
         }
+        self.ctx.runs_first.after_creations().await;
         for name in &cleanup.delete {
-            delete_run(&self.runs_api, name).await?;
+            self.delete_run(name).await?;
             if let Some(run) = runs.iter_mut().find(|r| &r.name == name) {
                 run.terminating = true;
             }
@@ -454,7 +457,7 @@ impl Pass<'_> {
             cleanup.delete.len(),
             cleanup.delete.join(", ")
         );
-        self.kit.normal(self.schedule, "RunsDeleted", message).await;
+        self.ctx.events.normal(self.schedule, "RunsDeleted", message);
         Ok(())
     }
 
@@ -502,20 +505,30 @@ impl Pass<'_> {
         .unwrap_or_default()
     }
 
+    async fn delete_run(&self, name: &str) -> Result<()> {
+        match self.runs_api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.ctx.memory.deleted(self.schedule, name);
+        Ok(())
+    }
+
+    /// Writes the status, and remembers it: the cached schedule may not show it on the next pass.
+    async fn patch_status(&self) -> Result<()> {
+        self.ctx.runs_first.after_creations().await;
+        patch_status(self.kit, &self.namespace, &self.name, &self.status).await?;
+        self.ctx.memory.wrote_status(self.schedule, &self.status);
+        Ok(())
+    }
+
     fn skipped(&self, reason: &str) {
         self.ctx
             .metrics
             .ticks_skipped
             .with_label_values(&[&self.namespace, &self.name, reason])
             .inc();
-    }
-}
-
-async fn delete_run(api: &Api<DynamicObject>, name: &str) -> Result<()> {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(error.into()),
     }
 }
 
