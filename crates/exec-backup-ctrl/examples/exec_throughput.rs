@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use stowage_core::storage::{self, Credentials};
 use stowage_core::testing::filesystem_spec;
@@ -152,7 +152,7 @@ async fn in_a_pod(phase: &str, input: &Path, args: &Args) -> anyhow::Result<Meas
     let client = kube::Client::try_default()
         .await
         .context("connecting with KUBECONFIG (is the test bed running? `cargo xtask envtest start`)")?;
-    let namespace = create_namespace(&client).await?;
+    let namespace = stowage_e2e::namespace::create_namespace(&client, "bench-exec").await?;
     let measured = async {
         let params = pod_params(&namespace, input)?;
         let measured = ExecPod::run(&client, &params, |pod| async move {
@@ -172,35 +172,6 @@ async fn in_a_pod(phase: &str, input: &Path, args: &Args) -> anyhow::Result<Meas
         eprintln!("exec_throughput: deleting namespace {namespace}: {error}");
     }
     measured.with_context(|| format!("phase {phase} in namespace {namespace}"))
-}
-
-/// A namespace that can take Pods: the 1.20 apiserver refuses them until the token controller
-/// has created the `default` ServiceAccount's token Secret.
-async fn create_namespace(client: &kube::Client) -> anyhow::Result<String> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut namespace = Namespace::default();
-    namespace.metadata.generate_name = Some("bench-exec-".into());
-    let created = namespaces.create(&PostParams::default(), &namespace).await?;
-    let name = created
-        .metadata
-        .name
-        .context("the apiserver returned a namespace without a name")?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let account = accounts.get_opt("default").await?;
-        if account
-            .and_then(|a| a.secrets)
-            .is_some_and(|secrets| !secrets.is_empty())
-        {
-            return Ok(name);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "namespace {name}: no token Secret for ServiceAccount default after {START_TIMEOUT:?} (is kube-controller-manager running?)"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// An idle container (the node runs it as `sleep infinity`) that sees the input's directory at

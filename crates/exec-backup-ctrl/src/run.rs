@@ -116,8 +116,9 @@ pub fn started(status: &mut ExecRunStatus, pod: &str, generation: Option<i64>, c
     status.pod_name = Some(pod.to_string());
     status.start_time = Some(to_time(now));
     status.observed_generation = generation;
+    let conditions = &mut status.conditions;
     conditions::set(
-        &mut status.conditions,
+        conditions,
         "InProgress",
         true,
         "Running",
@@ -125,15 +126,7 @@ pub fn started(status: &mut ExecRunStatus, pod: &str, generation: Option<i64>, c
         generation,
         now,
     );
-    conditions::set(
-        &mut status.conditions,
-        "Ready",
-        false,
-        "Running",
-        "the run is in progress",
-        generation,
-        now,
-    );
+    conditions::running(conditions, "the run is in progress", generation, now);
 }
 
 /// Marks a run Succeeded.
@@ -142,85 +135,36 @@ pub fn succeeded(status: &mut ExecRunStatus, message: &str, generation: Option<i
     status.phase = ExecPhase::Succeeded;
     status.completion_time = Some(to_time(now));
     status.observed_generation = generation;
-    conditions::set(
-        &mut status.conditions,
-        "InProgress",
-        false,
-        "Succeeded",
-        message,
-        generation,
-        now,
-    );
-    conditions::set(
-        &mut status.conditions,
-        "Ready",
-        true,
-        "Succeeded",
-        message,
-        generation,
-        now,
-    );
-    conditions::set(
-        &mut status.conditions,
-        "Successful",
-        true,
-        "Succeeded",
-        message,
-        generation,
-        now,
-    );
+    let conditions = &mut status.conditions;
+    conditions::set(conditions, "InProgress", false, "Succeeded", message, generation, now);
+    conditions::succeeded(conditions, message, generation, now);
+    conditions::set(conditions, "Successful", true, "Succeeded", message, generation, now);
 }
 
 /// Marks a run Failed with `error`'s reason and message.
 pub fn failed(status: &mut ExecRunStatus, error: &Error, generation: Option<i64>, ctx: &Context) {
     let now = ctx.now();
-    let message = error.to_string();
     status.phase = ExecPhase::Failed;
     status.completion_time = Some(to_time(now));
     status.observed_generation = generation;
+    let conditions = &mut status.conditions;
     conditions::set(
-        &mut status.conditions,
+        conditions,
         "InProgress",
-        false,
-        error.reason(),
-        &message,
-        generation,
-        now,
-    );
-    conditions::set(
-        &mut status.conditions,
-        "Ready",
-        false,
-        error.reason(),
-        &message,
-        generation,
-        now,
-    );
-    conditions::set(
-        &mut status.conditions,
-        "Failed",
-        true,
-        error.reason(),
-        message,
-        generation,
-        now,
-    );
-}
-
-/// Records a problem that keeps a run Pending until it is fixed (a missing BackupStorage or
-/// Secret): Ready False with the reason, phase unchanged.
-pub fn waiting(status: &mut ExecRunStatus, error: &Error, generation: Option<i64>, ctx: &Context) {
-    let now = ctx.now();
-    status.observed_generation = generation;
-    conditions::set(
-        &mut status.conditions,
-        "Ready",
         false,
         error.reason(),
         error.to_string(),
         generation,
         now,
     );
+    conditions::failed(conditions, error, generation, now);
+}
+
+/// Records a problem that keeps a run Pending until it is fixed (a missing BackupStorage or
+/// Secret): Ready False with the reason, phase unchanged.
+pub fn waiting(status: &mut ExecRunStatus, error: &Error, generation: Option<i64>, ctx: &Context) {
+    status.observed_generation = generation;
+    conditions::waiting(&mut status.conditions, error, generation, ctx.now());
 }
 
 /// Writes `bytesTransferred` every 10 s until dropped (abort the returned task).
