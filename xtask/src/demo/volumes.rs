@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use kube::discovery::ApiResource;
@@ -15,6 +15,7 @@ use serde_json::json;
 use stowage_api::{VolumeBackup, VolumeBackupPhase};
 use stowage_core::human_bytes;
 use stowage_e2e::bed::{TestBed, wait_for};
+use stowage_e2e::support::volume_dir;
 
 use super::{Demo, fresh_namespace};
 
@@ -113,7 +114,7 @@ pub async fn backup(bed: &TestBed, demo: &Demo, client: &kube::Client) -> anyhow
         }),
     )
     .await?;
-    let live_dir = volume_dir(client, PVC).await?;
+    let live_dir = volume_dir(client, NAMESPACE, PVC).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     wait_for("the application's Pod to write records", || async {
         let running = pods
@@ -258,22 +259,6 @@ async fn apply(client: &kube::Client, manifest: serde_json::Value) -> anyhow::Re
     .with_context(|| format!("applying {kind} {name}"))?;
     eprintln!("    applied {kind} {name}");
     Ok(())
-}
-
-/// The host directory behind PVC `name` once it is bound (the CSI simulator's volume).
-pub async fn volume_dir(client: &kube::Client, name: &str) -> anyhow::Result<PathBuf> {
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
-    let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    wait_for(&format!("PVC {name} to be bound"), || async {
-        let claim = claims.get(name).await?;
-        let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-        let Some(volume) = claim.spec.and_then(|s| s.volume_name).filter(|_| bound) else {
-            return Ok(None);
-        };
-        let volume = volumes.get(&volume).await?;
-        Ok(volume.spec.and_then(|s| s.host_path).map(|h| PathBuf::from(h.path)))
-    })
-    .await
 }
 
 /// Lines in `dir/records`.

@@ -11,8 +11,9 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use stowage_api::{VolumeRestore, VolumeRestorePhase};
 use stowage_e2e::bed::{TestBed, wait_for};
+use stowage_e2e::support::volume_dir;
 
-use super::{APP, BACKUP, BackedUp, NAMESPACE, PVC, apply, count_records, volume_dir};
+use super::{APP, BACKUP, BackedUp, NAMESPACE, PVC, apply, count_records};
 use crate::demo::Demo;
 
 const RESTORE: &str = "ledger-rollback";
@@ -99,7 +100,7 @@ pub async fn restore(bed: &TestBed, demo: &Demo, client: &kube::Client, backed_u
 
     // The restored volume holds the snapshot's records, in order: the same lines as the copy
     // the backup part decrypted and untarred.
-    let restored_dir = volume_dir(client, &volume.pvc).await?;
+    let restored_dir = volume_dir(client, NAMESPACE, &volume.pvc).await?;
     let restored = std::fs::read_to_string(restored_dir.join("records"))?;
     let copied = std::fs::read_to_string(demo.dir.join("volumes-copy").join("records"))?;
     anyhow::ensure!(
