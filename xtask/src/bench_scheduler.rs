@@ -15,6 +15,9 @@
 //! sees the run, which adds the watch's delivery and so bounds the first from above. CPU and
 //! RSS come from /proc for the scheduler process, sampled every second; the apiserver's CPU is
 //! beside it, since every run costs the apiserver too.
+//!
+//! Last, with the scheduler stopped, the bench creates as many runs at once itself: the bed's
+//! floor, how fast any controller could create one tick's runs on this machine at this load.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -103,6 +106,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         let load_after = load_average();
         let metrics = scrape(port).unwrap_or_else(|error| format!("# /metrics unavailable: {error}"));
         controller.stop();
+        eprintln!("measuring the bed alone: {schedules} runs created at once by the bench…");
+        let floor = Distribution::new(create_at_once(&client, schedules).await?);
         completer.abort();
 
         let seen: Vec<f64> = lags
@@ -120,6 +125,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             expected,
             created: Distribution::new(created),
             seen: Distribution::new(seen),
+            floor,
             samples,
             metrics,
             load: (load_before, load_after),
@@ -228,6 +234,32 @@ async fn complete_runs(client: kube::Client, lags: Lags) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The bed's own floor: `count` runs of the scheduler's shape created at once by the bench
+/// (the scheduler stopped, the completer still completing them), each one's seconds from the
+/// start to its create call's answer. No scheduler can create a tick's runs faster than this.
+async fn create_at_once(client: &kube::Client, count: usize) -> anyhow::Result<Vec<f64>> {
+    let api: Api<ExecBackup> = Api::namespaced(client.clone(), NAMESPACE);
+    // After the measured ticks, so the completer's lag map leaves these runs out.
+    let start = Utc::now();
+    let scheduled_at = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let creations = (0..count).map(|index| {
+        let api = api.clone();
+        let scheduled_at = scheduled_at.clone();
+        async move {
+            let run: ExecBackup = serde_json::from_value(json!({
+                "apiVersion": "stowage.io/v1alpha1", "kind": "ExecBackup",
+                "metadata": {"name": format!("floor-{index:04}"), "labels": {"bench": "floor"},
+                    "annotations": {"stowage.io/scheduled-at": scheduled_at}},
+                "spec": {"backup": {"command": ["true"]}, "storage": {"name": "nowhere"},
+                    "template": {"spec": {"containers": [{"name": "c", "image": "debian:12"}]}}},
+            }))?;
+            api.create(&PostParams::default(), &run).await?;
+            anyhow::Ok((Utc::now() - start).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        }
+    });
+    futures::future::try_join_all(creations).await
 }
 
 async fn create_schedules(client: &kube::Client, count: usize) -> anyhow::Result<()> {
@@ -455,6 +487,7 @@ struct Report {
     expected: usize,
     created: Distribution,
     seen: Distribution,
+    floor: Distribution,
     samples: Samples,
     metrics: String,
     load: (String, String),
@@ -496,6 +529,14 @@ impl Report {
             out,
             "{}",
             self.seen.row("to the run seen by a watch in the bench (upper bound)")
+        )?;
+        writeln!(
+            out,
+            "{}",
+            self.floor.row(
+                "the bed alone, for comparison: as many runs created at once by the bench, no scheduler \
+                 (from the first request to each answer)"
+            )
         )?;
         writeln!(out, "\n| scheduler-ctrl (release) | value |\n|---|---:|")?;
         writeln!(
