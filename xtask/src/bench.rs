@@ -73,7 +73,7 @@ fn load_average() -> String {
 }
 
 fn pipeline(quick: bool, rounds: usize) -> anyhow::Result<()> {
-    for (tool, package) in [
+    require_tools(&[
         ("gzip", "gzip"),
         ("pigz", "pigz"),
         ("zstd", "zstd"),
@@ -81,42 +81,14 @@ fn pipeline(quick: bool, rounds: usize) -> anyhow::Result<()> {
         ("age-keygen", "age"),
         ("restic", "restic"),
         ("time", "time"),
-    ] {
-        if !Path::new("/usr/bin").join(tool).exists() {
-            bail!("{tool} not found: apt-get install {package}");
-        }
-    }
+    ])?;
     let size: u64 = if quick { 64 << 20 } else { 1 << 30 };
     let root = crate::deps::workspace_root();
     let dir = target_dir(&root).join("stowage-bench");
     std::fs::create_dir_all(&dir)?;
-    eprintln!("building the pipeline (release)…");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "stowage-core",
-            "--features",
-            "testing",
-            "--example",
-            "pipe",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("building the pipe example failed");
-    }
-    let pipe = target_dir(&root).join("release/examples/pipe");
-
+    let pipe = build_release(&root, "stowage-core", &["--features", "testing", "--example", "pipe"])?;
     let key = dir.join("key.txt");
-    if !key.exists() {
-        sh(&format!("age-keygen -o {} 2>/dev/null", key.display()))?;
-    }
-    let recipient = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output()?.stdout)?
-        .trim()
-        .to_string();
+    let recipient = age_key(&key)?;
 
     let runtime = tokio::runtime::Runtime::new()?;
     let s3 = runtime
@@ -356,6 +328,57 @@ fn sh(command: &str) -> anyhow::Result<()> {
         bail!("{command} failed");
     }
     Ok(())
+}
+
+/// Fails, naming the Debian package to install, unless every `(tool, package)` is on PATH.
+pub(crate) fn require_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for (tool, package) in tools {
+        if !std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()) {
+            bail!("{tool} not found: apt-get install {package}");
+        }
+    }
+    Ok(())
+}
+
+/// The age identity in `key`, made with age-keygen if it is missing; returns its recipient.
+pub(crate) fn age_key(key: &Path) -> anyhow::Result<String> {
+    if !key.exists() {
+        let status = Command::new("age-keygen")
+            .arg("-o")
+            .arg(key)
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("age-keygen -o {} failed", key.display());
+        }
+    }
+    let output = Command::new("age-keygen").arg("-y").arg(key).output()?;
+    if !output.status.success() {
+        bail!("age-keygen -y {} failed", key.display());
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+/// Builds `package`'s `target` (`["--bin", name]` or `["--example", name]`, plus any other
+/// cargo arguments) with the release profile and returns the built binary's path.
+pub(crate) fn build_release(root: &Path, package: &str, target: &[&str]) -> anyhow::Result<PathBuf> {
+    let name = target.last().copied().unwrap_or(package);
+    eprintln!("building {name} (release)…");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", package])
+        .args(target)
+        .status()?;
+    if !status.success() {
+        bail!("building {name} (release) failed");
+    }
+    let built = target_dir(root).join("release");
+    Ok(if target.contains(&"--example") {
+        built.join("examples").join(name)
+    } else {
+        built.join(name)
+    })
 }
 
 pub(crate) fn target_dir(root: &Path) -> PathBuf {

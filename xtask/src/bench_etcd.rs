@@ -16,7 +16,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use stowage_e2e::etcd::{EtcdOptions, EtcdServer};
 
-use super::{Sample, human, measure, target_dir};
+use super::{Sample, age_key, build_release, human, measure, require_tools, target_dir};
 
 /// Rounds of all phases; each phase's best counts.
 const ROUNDS: usize = 3;
@@ -24,50 +24,22 @@ const ROUNDS: usize = 3;
 const VALUE_SIZE: u64 = 100 * 1024;
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    for (tool, package) in [
+    require_tools(&[
         ("etcd", "etcd-server"),
         ("etcdctl", "etcd-client"),
         ("gzip", "gzip"),
         ("age", "age"),
         ("age-keygen", "age"),
         ("time", "time"),
-    ] {
-        if !Path::new("/usr/bin").join(tool).exists() {
-            bail!("{tool} not found: apt-get install {package}");
-        }
-    }
+    ])?;
     let fill_bytes: u64 = if quick { 50_000_000 } else { 500_000_000 };
     let root = crate::deps::workspace_root();
     let dir = target_dir(&root).join("stowage-bench");
     std::fs::create_dir_all(&dir)?;
     let key = dir.join("key.txt");
-    if !key.exists() {
-        let status = Command::new("age-keygen").arg("-o").arg(&key).status()?;
-        if !status.success() {
-            bail!("age-keygen -o {} failed", key.display());
-        }
-    }
-    let recipient = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output()?.stdout)?
-        .trim()
-        .to_string();
+    let recipient = age_key(&key)?;
 
-    eprintln!("building etcd_bench (release)…");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "stowage-etcd-backup-ctrl",
-            "--example",
-            "etcd_bench",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("building the etcd_bench example failed");
-    }
-    let example = target_dir(&root).join("release/examples/etcd_bench");
+    let example = build_release(&root, "stowage-etcd-backup-ctrl", &["--example", "etcd_bench"])?;
 
     let etcd = EtcdServer::start(EtcdOptions::default())?;
     let endpoint = etcd.endpoint().to_string();

@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use stowage_core::testing::Pattern;
 
-use super::{generate, human, target_dir};
+use super::{age_key, build_release, generate, human, require_tools, target_dir};
 
 /// The phases, in the order they run: (phase, label).
 const PHASES: [(&str, &str); 4] = [
@@ -46,22 +46,13 @@ impl Measured {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    for (tool, package) in [
+    require_tools(&[
         ("kubectl", "kubernetes-client"),
         ("gzip", "gzip"),
         ("age", "age"),
         ("age-keygen", "age"),
         ("time", "time"),
-    ] {
-        let found = Command::new("bash")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()?
-            .status
-            .success();
-        if !found {
-            bail!("{tool} not found: apt-get install {package}");
-        }
-    }
+    ])?;
     let size: u64 = if quick { 128 << 20 } else { 1 << 30 };
     let root = crate::deps::workspace_root();
     let dir = target_dir(&root).join("stowage-bench");
@@ -69,34 +60,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let input = dir.join(format!("sql-{size}.bin"));
     generate(&input, Pattern::SqlDump, size)?;
     let key = dir.join("key.txt");
-    if !key.exists() {
-        let status = Command::new("age-keygen").arg("-o").arg(&key).status()?;
-        if !status.success() {
-            bail!("age-keygen -o {} failed", key.display());
-        }
-    }
-    let recipient = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output()?.stdout)?
-        .trim()
-        .to_string();
+    let recipient = age_key(&key)?;
 
     let bed = crate::envtest::start()?;
-    eprintln!("building exec_throughput (release)…");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "stowage-exec-backup-ctrl",
-            "--example",
-            "exec_throughput",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("building the exec_throughput example failed");
-    }
-    let example = target_dir(&root).join("release/examples/exec_throughput");
+    let example = build_release(&root, "stowage-exec-backup-ctrl", &["--example", "exec_throughput"])?;
     let store = dir.join("exec-store");
     let _ = std::fs::remove_dir_all(&store);
 

@@ -35,7 +35,7 @@ use serde_json::json;
 use stowage_api::{BackupSchedule, ExecBackup};
 use stowage_e2e::bed::{TestBed, wait_for};
 
-use super::target_dir;
+use super::{build_release, target_dir};
 
 const NAMESPACE: &str = "bench-scheduler";
 
@@ -45,23 +45,7 @@ type Lags = Arc<Mutex<BTreeMap<String, (DateTime<Utc>, f64)>>>;
 pub fn run(quick: bool) -> anyhow::Result<()> {
     let (schedules, ticks) = if quick { (100, 1) } else { (1000, 3) };
     let root = crate::deps::workspace_root();
-    eprintln!("building scheduler-ctrl (release)…");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "stowage-scheduler-ctrl",
-            "--bin",
-            "scheduler-ctrl",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("building scheduler-ctrl failed");
-    }
-    let binary = target_dir(&root).join("release/scheduler-ctrl");
+    let binary = build_release(&root, "stowage-scheduler-ctrl", &["--bin", "scheduler-ctrl"])?;
     let dir = target_dir(&root).join("stowage-bench");
     std::fs::create_dir_all(&dir)?;
     let info = crate::envtest::start()?;

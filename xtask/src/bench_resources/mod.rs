@@ -19,7 +19,7 @@ mod seed;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use stowage_api::{ResourceBackup, ResourceRestore};
 use stowage_e2e::bed::TestBed;
 
-use super::target_dir;
+use super::{age_key, build_release, require_tools, target_dir};
 use controller::{Controller, stop};
 use seed::ensure_namespace;
 
@@ -65,21 +65,12 @@ impl Row {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    for (tool, package) in [
+    require_tools(&[
         ("kubectl", "kubernetes-client"),
         ("gzip", "gzip"),
         ("age", "age"),
         ("age-keygen", "age"),
-    ] {
-        let found = Command::new("bash")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()?
-            .status
-            .success();
-        if !found {
-            bail!("{tool} not found: apt-get install {package}");
-        }
-    }
+    ])?;
     let sizes = if quick {
         Sizes {
             namespaces: 10,
@@ -101,35 +92,13 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("store"))?;
     let key = dir.join("key.txt");
-    let status = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&key)
-        .stderr(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("age-keygen -o {} failed", key.display());
-    }
-    let recipient = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output()?.stdout)?
-        .trim()
-        .to_string();
+    let recipient = age_key(&key)?;
 
-    eprintln!("building resource-backup-ctrl (release)…");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "stowage-resource-backup-ctrl",
-            "--bin",
-            "resource-backup-ctrl",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("building resource-backup-ctrl failed");
-    }
-    let binary = target_dir(&root).join("release/resource-backup-ctrl");
+    let binary = build_release(
+        &root,
+        "stowage-resource-backup-ctrl",
+        &["--bin", "resource-backup-ctrl"],
+    )?;
     let info = crate::envtest::start()?;
     let bench = Bench {
         binary,
