@@ -169,7 +169,11 @@ mod tests {
             namespace: Some("shop".into()),
             name: format!("c{i}"),
             uid: format!("{:08x}-{:04x}-4000-8000-{:012x}", i * 7919, i % 65536, i * 104_729),
-            owner_uids: if i.is_multiple_of(3) { vec![format!("owner-{i}")] } else { vec![] },
+            owner_uids: if i.is_multiple_of(3) {
+                vec![format!("owner-{i}")]
+            } else {
+                vec![]
+            },
             encrypted: i.is_multiple_of(2),
         }
     }
