@@ -6,7 +6,9 @@
 //! when the object is deleted (deletionTimestamp set, gone, or replaced by a namesake). The
 //! run then stops the way a failure does, through the data path's own error handling (the
 //! source fails, so core aborts the multipart upload; the Pod is deleted; no manifest is
-//! written), rather than being dropped midway, which would leave the upload open.
+//! written; the status and Event say it was cancelled), rather than being dropped midway:
+//! core would still abort the upload from its uploader's `Drop`, but the Pod, the status
+//! and the Event would be left to chance.
 
 use std::io;
 use std::pin::{Pin, pin};
