@@ -7,6 +7,7 @@
 //! Secret values ([`secrets`]), and the pod exec transport ([`podexec`]).
 
 pub mod admin;
+pub mod cancel;
 pub mod conditions;
 pub mod context;
 pub mod error;
