@@ -105,7 +105,14 @@ pub async fn wait_until<K>(
 where
     K: kube::Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    wait_until_in(&Api::namespaced(client.clone(), namespace), name, what, done).await
+}
+
+/// [`wait_until`] for an object of `api`, namespaced or cluster-scoped (`Api::all`).
+pub async fn wait_until_in<K>(api: &Api<K>, name: &str, what: &str, done: impl Fn(&K) -> bool) -> anyhow::Result<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
     wait_for(&format!("{} {name} {what}", K::kind(&())), || async {
         let object = api.get(name).await?;
         Ok(done(&object).then_some(object))
@@ -119,7 +126,16 @@ pub async fn finished<K>(client: &kube::Client, namespace: &str, name: &str) -> 
 where
     K: kube::Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + Serialize + DeserializeOwned,
 {
-    wait_until(client, namespace, name, "to finish", |run: &K| {
+    finished_in(&Api::namespaced(client.clone(), namespace), name).await
+}
+
+/// [`finished`] for a run of `api`, namespaced or cluster-scoped (`Api::all`: ResourceBackup,
+/// EtcdBackup…).
+pub async fn finished_in<K>(api: &Api<K>, name: &str) -> anyhow::Result<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    wait_until_in(api, name, "to finish", |run: &K| {
         let phase = serde_json::to_value(run).map(|run| run["status"]["phase"].clone());
         matches!(
             phase.as_ref().ok().and_then(|p| p.as_str()),
@@ -138,8 +154,8 @@ pub fn condition(conditions: &[Condition], type_: &str) -> (String, String, Stri
         .unwrap_or_default()
 }
 
-/// Reasons of the Events about object `name` in `namespace`.
-pub async fn event_reasons(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
+/// The Events about object `name` in `namespace`, as (reason, message).
+pub async fn events(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<Vec<(String, String)>> {
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
     Ok(events
         .list(&ListParams::default())
@@ -147,8 +163,14 @@ pub async fn event_reasons(client: &kube::Client, namespace: &str, name: &str) -
         .items
         .into_iter()
         .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .filter_map(|e| e.reason)
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect())
+}
+
+/// Reasons of the Events about object `name` in `namespace`.
+pub async fn event_reasons(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    let events = events(client, namespace, name).await?;
+    Ok(events.into_iter().map(|(reason, _)| reason).collect())
 }
 
 /// Waits until Events with every one of the `expected` reasons were written about object

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use stowage_api::{ResourceBackup, ResourceBackupPhase, ResourceRestore, ResourceRestorePhase};
 use stowage_core::human_bytes;
 use stowage_e2e::bed::{TestBed, wait_for};
+use stowage_e2e::support::finished_in;
 
 use super::{Demo, apply, create_secret, file_name, fresh_namespace, scenario_files};
 
@@ -78,16 +79,7 @@ pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
     for file in files.iter().filter(|f| file_name(f).as_str() < "30") {
         apply(&client, &discovery, file, SYSTEM, &demo.store_dir, &recipient).await?;
     }
-    let backups: Api<ResourceBackup> = Api::all(client.clone());
-    let backup = wait_for("ResourceBackup shop-manual to finish", || async {
-        let backup = backups.get("shop-manual").await?;
-        let done = backup
-            .status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, ResourceBackupPhase::Succeeded | ResourceBackupPhase::Failed));
-        Ok(done.then_some(backup))
-    })
-    .await?;
+    let backup: ResourceBackup = finished_in(&Api::all(client.clone()), "shop-manual").await?;
     let backup_time = started.elapsed();
     let status = backup.status.clone().unwrap_or_default();
     anyhow::ensure!(
@@ -137,18 +129,7 @@ pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
     for file in files.iter().filter(|f| file_name(f).starts_with("30-")) {
         apply(&client, &discovery, file, SYSTEM, &demo.store_dir, &recipient).await?;
     }
-    let restores: Api<ResourceRestore> = Api::all(client.clone());
-    let restore = wait_for("ResourceRestore shop-plan to finish", || async {
-        let restore = restores.get("shop-plan").await?;
-        let done = restore.status.as_ref().is_some_and(|s| {
-            matches!(
-                s.phase,
-                ResourceRestorePhase::Succeeded | ResourceRestorePhase::PartiallyFailed | ResourceRestorePhase::Failed
-            )
-        });
-        Ok(done.then_some(restore))
-    })
-    .await?;
+    let restore: ResourceRestore = finished_in(&Api::all(client.clone()), "shop-plan").await?;
     let plan_time = started.elapsed();
     let planned = restore.status.unwrap_or_default();
     anyhow::ensure!(
