@@ -11,12 +11,12 @@ use kube::runtime::controller::Action;
 use stowage_api::{ArtifactStatus, ExecBackup, ExecPhase, ExecRunStatus, RetainPolicy};
 use stowage_core::template::TemplateVars;
 use stowage_core::{Artifact, BackupRequest, Compression, Progress, Recipients};
+use stowage_operator::cancel::{Registry, RunGuard, Stop};
 use stowage_operator::podexec::{ExecOutcome, ExecPod, ExecPodParams, reason};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, status};
 use stowage_operator::{conditions, finalizer};
 use tokio::time::Instant;
 
-use crate::cancel::{RunCancel, Stop};
 use crate::run::{self, AbortOnDrop, FINALIZER};
 
 const KIND: &str = "ExecBackup";
@@ -48,7 +48,7 @@ impl From<Error> for Failure {
     }
 }
 
-pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>, runs: Registry<ExecBackup>) -> Result<Action> {
     let namespace = backup.namespace().unwrap_or_default();
     let api: Api<ExecBackup> = Api::namespaced(ctx.client.clone(), &namespace);
     if backup.metadata.deletion_timestamp.is_some() {
@@ -93,8 +93,8 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>) -> Result<Act
         }
     };
 
-    // Watching starts before the run does, so a deletion at any moment from here on cancels it.
-    let cancel = RunCancel::watch(api.clone(), backup.as_ref(), &ctx.shutdown);
+    // Registered before the run starts, so a deletion at any moment from here on cancels it.
+    let cancel = runs.register(backup.as_ref(), &ctx.shutdown);
     run::started(&mut state, &plan.pod.name, generation, &ctx);
     status::patch(&api, &backup.name_any(), &state).await?;
     ctx.normal(
@@ -223,7 +223,7 @@ async fn execute(
     ctx: &Context,
     plan: Plan,
     progress: Progress,
-    cancel: &RunCancel,
+    cancel: &RunGuard,
 ) -> Result<Artifact, Failure> {
     let mut request = BackupRequest::new(
         plan.storage.store.clone(),

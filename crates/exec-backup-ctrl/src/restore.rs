@@ -14,11 +14,11 @@ use stowage_api::{
     ArtifactStatus, ExecBackup, ExecCommand, ExecPhase, ExecRestore, ExecRunStatus, PodTemplate, SecretKeyRef,
 };
 use stowage_core::{Identities, Progress, RestoreRequest};
+use stowage_operator::cancel::{Registry, RunGuard, Stop};
 use stowage_operator::podexec::{ExecPod, ExecPodParams};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, secrets, status};
 use tokio::time::Instant;
 
-use crate::cancel::{RunCancel, Stop};
 use crate::run::{self, AbortOnDrop};
 
 const KIND: &str = "ExecRestore";
@@ -45,7 +45,7 @@ struct Source {
     decryption_key: Option<SecretKeyRef>,
 }
 
-pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>, runs: Registry<ExecRestore>) -> Result<Action> {
     let namespace = restore.namespace().unwrap_or_default();
     let api: Api<ExecRestore> = Api::namespaced(ctx.client.clone(), &namespace);
     if restore
@@ -115,8 +115,8 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>) -> Result<A
         return fail(&restore, &api, state, error, None, &ctx).await;
     }
 
-    // Watching starts before the run does, so a deletion at any moment from here on cancels it.
-    let cancel = RunCancel::watch(api.clone(), restore.as_ref(), &ctx.shutdown);
+    // Registered before the run starts, so a deletion at any moment from here on cancels it.
+    let cancel = runs.register(restore.as_ref(), &ctx.shutdown);
     run::started(&mut state, &plan.pod.name, generation, &ctx);
     state.artifact = Some(ArtifactStatus::new(
         plan.storage.name.clone(),
@@ -326,7 +326,7 @@ async fn execute(
     ctx: &Context,
     plan: Plan,
     progress: Progress,
-    cancel: &RunCancel,
+    cancel: &RunGuard,
 ) -> Result<(), (Error, Option<String>)> {
     let mut request = RestoreRequest::new(plan.storage.store.clone(), plan.path.clone());
     request.identities = plan.identities.clone();
