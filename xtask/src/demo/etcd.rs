@@ -17,6 +17,7 @@ use stowage_api::{BackupStorage, EtcdBackup, EtcdBackupPhase};
 use stowage_core::human_bytes;
 use stowage_e2e::bed::{TestBed, wait_for};
 use stowage_e2e::process::{ManagedChild, free_port, wait_for_port};
+use stowage_e2e::support::finished_in;
 
 use super::Demo;
 
@@ -94,15 +95,7 @@ pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
     }))?;
     let started = Instant::now();
     backups.patch(BACKUP, &apply, &Patch::Apply(&backup)).await?;
-    let backup = wait_for("EtcdBackup demo-etcd to finish", || async {
-        let backup = backups.get(BACKUP).await?;
-        let done = backup
-            .status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, EtcdBackupPhase::Succeeded | EtcdBackupPhase::Failed));
-        Ok(done.then_some(backup))
-    })
-    .await?;
+    let backup = finished_in(&backups, BACKUP).await?;
     let backup_time = started.elapsed();
     let status = backup.status.clone().unwrap_or_default();
     anyhow::ensure!(
