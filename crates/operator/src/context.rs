@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use recorder::Recorder;
+
+mod recorder;
 
 /// What time it is. Injectable so schedule logic can be tested against the real
 /// apiserver with a clock the test controls.
@@ -58,12 +59,8 @@ impl Context {
         instance: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Context {
-        let reporter = Reporter {
-            controller: controller.to_string(),
-            instance,
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), controller, instance),
             client,
             controller: controller.to_string(),
             namespace: namespace.to_string(),
@@ -106,38 +103,23 @@ impl Context {
     /// Publishes a Normal Event about `object`. `reason` is a stable PascalCase word (it is
     /// also the metric label); `message` is for people and must never carry a secret.
     pub async fn normal<K: Resource<DynamicType = ()>>(&self, object: &K, reason: &str, message: impl Into<String>) {
-        self.publish(object, EventType::Normal, reason, message.into()).await;
+        self.publish(object, "Normal", reason, message.into()).await;
     }
 
     /// Publishes a Warning Event about `object`.
     pub async fn warning<K: Resource<DynamicType = ()>>(&self, object: &K, reason: &str, message: impl Into<String>) {
-        self.publish(object, EventType::Warning, reason, message.into()).await;
+        self.publish(object, "Warning", reason, message.into()).await;
     }
 
     /// An Event that fails to publish is logged, never fatal: the status carries the same facts.
-    async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, type_: EventType, reason: &str, note: String) {
+    async fn publish<K: Resource<DynamicType = ()>>(&self, object: &K, type_: &str, reason: &str, note: String) {
         let kind = K::kind(&());
-        let type_label = if type_ == EventType::Normal {
-            "Normal"
-        } else {
-            "Warning"
-        };
-        self.metrics
-            .events
-            .with_label_values(&[&kind, type_label, reason])
-            .inc();
+        self.metrics.events.with_label_values(&[&kind, type_, reason]).inc();
         let note = truncate(note, MAX_EVENT_NOTE);
         let published = if object.meta().namespace.is_none() {
-            self.publish_core(object, type_label, reason, note).await
+            self.publish_core(object, type_, reason, note).await
         } else {
-            let event = Event {
-                type_,
-                reason: reason.to_string(),
-                note: Some(note),
-                action: reason.to_string(),
-                secondary: None,
-            };
-            self.recorder.publish(&event, &object.object_ref(&())).await
+            self.recorder.publish(object.object_ref(&()), type_, reason, note).await
         };
         if let Err(error) = published {
             tracing::warn!(%error, kind = %kind, name = object.meta().name.as_deref().unwrap_or(""), reason, "publishing an Event failed");

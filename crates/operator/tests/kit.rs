@@ -195,6 +195,74 @@ async fn events_carry_stable_reasons_and_are_counted() {
     .unwrap();
 }
 
+/// What `kubectl describe` shows of an object's Events: reason, count (a series' count
+/// when it has one) and message.
+async fn described(events: &Api<Event>, name: &str) -> anyhow::Result<Vec<(String, i32, String)>> {
+    let list = events.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|event| event.involved_object.name.as_deref() == Some(name))
+        .map(|event| {
+            (
+                event.reason.unwrap_or_default(),
+                event
+                    .series
+                    .and_then(|series| series.count)
+                    .or(event.count)
+                    .unwrap_or(1),
+                event.message.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// A schedule says "created run X" at every tick: the user must see the latest run, counted,
+/// not the first one (kube's recorder kept the first note of a series), and one Event rather
+/// than one per tick.
+#[tokio::test]
+async fn a_repeated_event_shows_its_latest_message_and_count() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("kit-series", |client, namespace| async move {
+        let ctx = context(&client, &namespace);
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "nightly"}})).unwrap();
+        let map = maps.create(&PostParams::default(), &map).await.unwrap();
+        for run in ["nightly-1", "nightly-2", "nightly-3"] {
+            ctx.normal(&map, "RunCreated", format!("created ExecBackup {run}"))
+                .await;
+        }
+        ctx.warning(&map, "RunFailed", "ExecBackup nightly-2 Failed").await;
+        let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+        let mut seen = described(&events, "nightly").await?;
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("RunCreated".to_string(), 3, "created ExecBackup nightly-3".to_string()),
+                ("RunFailed".to_string(), 1, "ExecBackup nightly-2 Failed".to_string()),
+            ]
+        );
+
+        // The API server drops Events after an hour: a repeat after that starts a new one.
+        events
+            .delete_collection(&Default::default(), &ListParams::default())
+            .await?;
+        wait_for("the Events to be gone", || async {
+            Ok(described(&events, "nightly").await?.is_empty().then_some(()))
+        })
+        .await?;
+        ctx.normal(&map, "RunCreated", "created ExecBackup nightly-4").await;
+        assert_eq!(
+            described(&events, "nightly").await?,
+            vec![("RunCreated".to_string(), 1, "created ExecBackup nightly-4".to_string())]
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
 /// A controller whose reconcile fails transiently three times and then succeeds, and one
 /// whose spec is invalid: the first is retried until it succeeds, the second is not retried.
 #[tokio::test]
