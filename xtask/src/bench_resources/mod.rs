@@ -10,6 +10,11 @@
 //! is measured for a backup and a restore of 5,000 and of 50,000 objects, each in a fresh
 //! process. Everything the bench creates is deleted at the end.
 //!
+//! `--rss` runs only the peak-RSS measurements (backup and restore of the small batch and of
+//! all objects), for working on the controller's memory; `--keep` leaves the namespaces and
+//! their objects in the bed, so that the next run creates none (the full run is unchanged).
+//! `STOWAGE_BENCH_CONTROLLER=<binary>` measures that controller binary instead of building one.
+//!
 //! This file runs and reports the measurements; seed.rs fills the bed (namespaces, objects,
 //! storage, ResourceSets) and empties it, controller.rs runs the controller process and reads
 //! its peak RSS.
@@ -94,11 +99,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let key = dir.join("key.txt");
     let recipient = age_key(&key)?;
 
-    let binary = build_release(
-        &root,
-        "stowage-resource-backup-ctrl",
-        &["--bin", "resource-backup-ctrl"],
-    )?;
+    // Another build of the controller to compare (e.g. a copy of an earlier commit's).
+    let binary = match std::env::var_os("STOWAGE_BENCH_CONTROLLER") {
+        Some(binary) => PathBuf::from(binary),
+        None => build_release(
+            &root,
+            "stowage-resource-backup-ctrl",
+            &["--bin", "resource-backup-ctrl"],
+        )?,
+    };
     let info = crate::envtest::start()?;
     let bench = Bench {
         binary,
@@ -107,13 +116,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         identity: std::fs::read_to_string(&key)?,
         recipient,
         sizes,
+        rss_only: flag("--rss"),
     };
+    let keep = flag("--keep");
     let result = tokio::runtime::Runtime::new()?.block_on(async {
         let bed = TestBed::connect(info).await?;
         let client = bed.client();
         let measured = bench.measure(&client).await;
         eprintln!("cleaning up…");
-        let cleaned = bench.clean_up(&client).await;
+        let cleaned = bench.clean_up(&client, keep).await;
         measured.and_then(|report| cleaned.map(|()| report))
     });
     let _ = std::fs::remove_dir_all(&dir);
@@ -139,6 +150,8 @@ struct Bench {
     identity: String,
     recipient: String,
     sizes: Sizes,
+    /// `--rss`: the peak-RSS measurements only.
+    rss_only: bool,
 }
 
 impl Bench {
@@ -148,14 +161,50 @@ impl Bench {
         ensure_namespace(client, SYSTEM).await?;
         self.populate(client).await?;
         self.setup(client).await?;
+        let mut rows = Vec::new();
+        let ratio = if self.rss_only {
+            None
+        } else {
+            Some(self.throughput(client, &mut rows).await?)
+        };
+
+        // Peak memory against object count, each size in a fresh controller.
+        for (name, objects) in [("small", sizes.batch), ("all", sizes.all)] {
+            let controller = self.start_controller()?;
+            eprintln!("  memory: ResourceBackup of {objects} objects…");
+            let row = self.backup(client, &controller, name, name).await?;
+            rows.push(Row {
+                label: format!("Stowage ResourceBackup, {objects} objects"),
+                ..row
+            });
+            eprintln!("  memory: ResourceRestore of {objects} objects (existing: Skip)…");
+            let row = self
+                .restore(
+                    client,
+                    &controller,
+                    name,
+                    json!({"existingResourcePolicy": "Skip"}),
+                    "skipped",
+                )
+                .await?;
+            rows.push(Row {
+                label: format!("Stowage ResourceRestore, {objects} objects read, verified and skipped"),
+                ..row
+            });
+        }
+
+        report(sizes, &rows, ratio)
+    }
+
+    /// Backup against the kubectl loop (two interleaved rounds, each run's best) and a restore
+    /// into new namespaces; adds their rows and returns the backup throughput ratio.
+    async fn throughput(&self, client: &kube::Client, rows: &mut Vec<Row>) -> anyhow::Result<f64> {
+        let sizes = &self.sizes;
         let batches = |objects: usize| {
             (0..objects.div_ceil(sizes.batch))
                 .map(|b| b.to_string())
                 .collect::<Vec<_>>()
         };
-        let mut rows = Vec::new();
-
-        // Backup against kubectl, two interleaved rounds, each run's best.
         let main_batches = batches(sizes.main);
         let mut controller = self.start_controller()?;
         let (mut ours, mut theirs): (Option<Row>, Option<Row>) = (None, None);
@@ -202,34 +251,7 @@ impl Bench {
             ..restore
         });
         stop(&mut controller);
-
-        // Peak memory against object count, each size in a fresh controller.
-        for (name, objects) in [("small", sizes.batch), ("all", sizes.all)] {
-            controller = self.start_controller()?;
-            eprintln!("  memory: ResourceBackup of {objects} objects…");
-            let row = self.backup(client, &controller, name, name).await?;
-            rows.push(Row {
-                label: format!("Stowage ResourceBackup, {objects} objects"),
-                ..row
-            });
-            eprintln!("  memory: ResourceRestore of {objects} objects (existing: Skip)…");
-            let row = self
-                .restore(
-                    client,
-                    &controller,
-                    name,
-                    json!({"existingResourcePolicy": "Skip"}),
-                    "skipped",
-                )
-                .await?;
-            rows.push(Row {
-                label: format!("Stowage ResourceRestore, {objects} objects read, verified and skipped"),
-                ..row
-            });
-            stop(&mut controller);
-        }
-
-        report(sizes, &rows, ratio)
+        Ok(ratio)
     }
 
     fn start_controller(&self) -> anyhow::Result<Controller> {
@@ -328,7 +350,7 @@ impl Bench {
 }
 
 /// The report: every run, then the ratios against the targets.
-fn report(sizes: &Sizes, rows: &[Row], ratio: f64) -> anyhow::Result<String> {
+fn report(sizes: &Sizes, rows: &[Row], ratio: Option<f64>) -> anyhow::Result<String> {
     let mut report = String::new();
     writeln!(
         report,
@@ -367,10 +389,12 @@ fn report(sizes: &Sizes, rows: &[Row], ratio: f64) -> anyhow::Result<String> {
     let restore_small = rss(&format!("Stowage ResourceRestore, {} objects read", sizes.batch));
     let restore_all = rss(&format!("Stowage ResourceRestore, {} objects read", sizes.all));
     writeln!(report, "\n| ratio | value | target |\n|---|---:|---:|")?;
-    writeln!(
-        report,
-        "| backup objects/s, Stowage / kubectl loop \\| gzip \\| age | {ratio:.2}x | ≥ 3x |"
-    )?;
+    if let Some(ratio) = ratio {
+        writeln!(
+            report,
+            "| backup objects/s, Stowage / kubectl loop \\| gzip \\| age | {ratio:.2}x | ≥ 3x |"
+        )?;
+    }
     writeln!(
         report,
         "| backup peak RSS, {} / {} objects | {backup_all:.1} / {backup_small:.1} MiB ({:.2}x) | flat, < 128 MiB |",
@@ -386,6 +410,11 @@ fn report(sizes: &Sizes, rows: &[Row], ratio: f64) -> anyhow::Result<String> {
         restore_all / restore_small
     )?;
     Ok(report)
+}
+
+/// True when the command line has `name` (after `cargo xtask bench resources`).
+fn flag(name: &str) -> bool {
+    std::env::args().any(|arg| arg == name)
 }
 
 /// Polls `name` until its phase is one of `phases` (no time limit: a big run takes minutes).

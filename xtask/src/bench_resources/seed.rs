@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use stowage_api::{BackupStorage, ResourceBackup, ResourceRestore, ResourceSet};
 
@@ -18,9 +18,31 @@ impl Bench {
         for i in 0..sizes.namespaces {
             ensure_namespace(client, &format!("{PREFIX}-{i}")).await?;
         }
-        eprintln!("creating {} ConfigMaps and Secrets…", sizes.all);
+        // A bed kept by an earlier run (`--keep`) has them already.
+        let mut existing = std::collections::HashSet::new();
+        let labelled = ListParams::default().labels(LABEL);
+        let configmaps = Api::<ConfigMap>::all(client.clone()).list_metadata(&labelled).await?;
+        let secrets = Api::<Secret>::all(client.clone()).list_metadata(&labelled).await?;
+        let metadata =
+            (configmaps.items.into_iter().map(|o| o.metadata)).chain(secrets.items.into_iter().map(|o| o.metadata));
+        for object in metadata {
+            let batch = object.labels.unwrap_or_default().remove(BATCH);
+            existing.insert((object.namespace, object.name, batch));
+        }
+        // Only where this run would put it (a `--quick` bed spreads and labels them otherwise).
+        let missing: Vec<usize> = (0..sizes.all)
+            .filter(|&i| {
+                let (namespace, name, batch) = placement(i, sizes);
+                !existing.contains(&(Some(namespace), Some(name), Some(batch)))
+            })
+            .collect();
+        eprintln!(
+            "creating {} ConfigMaps and Secrets ({} are there already)…",
+            missing.len(),
+            sizes.all - missing.len()
+        );
         let started = Instant::now();
-        let mut created = futures::stream::iter(0..sizes.all)
+        let mut created = futures::stream::iter(missing)
             .map(|i| create_object(client, i, sizes))
             .buffer_unordered(CREATING);
         let mut count = 0;
@@ -73,7 +95,8 @@ impl Bench {
         Ok(())
     }
 
-    pub(super) async fn clean_up(&self, client: &kube::Client) -> anyhow::Result<()> {
+    /// Deletes what the runs created, and with `keep` false the namespaces and their objects.
+    pub(super) async fn clean_up(&self, client: &kube::Client, keep: bool) -> anyhow::Result<()> {
         let delete = DeleteParams::background();
         let restores: Api<ResourceRestore> = Api::all(client.clone());
         let backups: Api<ResourceBackup> = Api::all(client.clone());
@@ -103,6 +126,9 @@ impl Bench {
             let _ = sets.delete(&format!("{PREFIX}-{name}"), &delete).await;
         }
         let _ = Api::<BackupStorage>::all(client.clone()).delete(PREFIX, &delete).await;
+        if keep {
+            return Ok(());
+        }
         // The namespace controller deletes the objects in the background.
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for namespace in namespaces.list(&Default::default()).await?.items {
@@ -140,8 +166,7 @@ pub(super) async fn ensure_namespace(client: &kube::Client, name: &str) -> anyho
 
 /// Object `i`: a ConfigMap (even) or Secret (odd) of 1-4 KiB in namespace `i % namespaces`.
 async fn create_object(client: &kube::Client, i: usize, sizes: &Sizes) -> anyhow::Result<()> {
-    let namespace = format!("{PREFIX}-{}", i % sizes.namespaces);
-    let name = format!("obj-{i}");
+    let (namespace, name, batch) = placement(i, sizes);
     let size = 1024 + (i * 7919) % 3072;
     let mut seed = i as u64 ^ 0x9e37_79b9_7f4a_7c15;
     let text: String = (0..size)
@@ -150,7 +175,7 @@ async fn create_object(client: &kube::Client, i: usize, sizes: &Sizes) -> anyhow
             char::from(b"abcdefghijklmnopqrstuvwxyz0123456789 "[(seed >> 33) as usize % 37])
         })
         .collect();
-    let metadata = json!({"name": name, "labels": {LABEL: "resources", BATCH: (i / sizes.batch).to_string()}});
+    let metadata = json!({"name": name, "labels": {LABEL: "resources", BATCH: batch}});
     let created = if i.is_multiple_of(2) {
         let object: ConfigMap = serde_json::from_value(json!({"metadata": metadata, "data": {"value": text}}))?;
         Api::<ConfigMap>::namespaced(client.clone(), &namespace)
@@ -169,4 +194,13 @@ async fn create_object(client: &kube::Client, i: usize, sizes: &Sizes) -> anyhow
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(e) => Err(anyhow::Error::from(e).context(format!("creating {namespace}/{name}"))),
     }
+}
+
+/// Object `i`'s namespace, name and batch label.
+fn placement(i: usize, sizes: &Sizes) -> (String, String, String) {
+    (
+        format!("{PREFIX}-{}", i % sizes.namespaces),
+        format!("obj-{i}"),
+        (i / sizes.batch).to_string(),
+    )
 }
