@@ -367,7 +367,7 @@ async fn a_restart_does_not_fire_a_tick_twice_and_late_ticks_respect_the_deadlin
                 .len(),
             1
         );
-        let created = event_reasons(&client, &namespace, "hourly").await?;
+        let created = events(&client, &namespace, "hourly").await?;
         let created = created.iter().filter(|(reason, _)| reason == "RunCreated").count();
         assert_eq!(created, 1, "the tick fired twice");
         assert!(

@@ -199,10 +199,10 @@ async fn a_seconds_schedule_runs_exec_backups_and_history_limits_delete_their_da
         assert!(deleted.len() >= 3, "seen {seen:?}, kept {kept:?}");
         for name in &deleted {
             assert!(!store.join(&seen[*name]).exists(), "{name}'s payload is still stored");
-            let reasons = event_reasons(&client, &namespace, name).await?;
+            let events = events(&client, &namespace, name).await?;
             assert!(
-                reasons.iter().any(|(reason, _)| reason == "DataDeleted"),
-                "{name}: {reasons:?}"
+                events.iter().any(|(reason, _)| reason == "DataDeleted"),
+                "{name}: {events:?}"
             );
         }
         let message = wait_event(&client, &namespace, "db", "RunsDeleted").await?;
@@ -279,7 +279,7 @@ async fn replace_deletes_the_running_run_and_its_data_goes_with_it() {
         })
         .await?;
         wait_for("a RunReplaced Event naming the first run", || async {
-            let events = event_reasons(&client, &namespace, "slow").await?;
+            let events = events(&client, &namespace, "slow").await?;
             Ok(events
                 .iter()
                 .any(|(reason, message)| reason == "RunReplaced" && message.contains(&first))

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use stowage_api::{BackupSchedule, RunKind};
+pub use stowage_e2e::support::events;
 use stowage_e2e::wait_for;
 use stowage_operator::conditions::find;
 use stowage_operator::{Context, Metrics};
@@ -142,22 +142,10 @@ pub async fn finish(
     Ok(())
 }
 
-/// Reasons of the Events about schedule `name`.
-pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    Ok(events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-        .collect())
-}
-
+/// Waits for an Event with `reason` about schedule `name`; returns its message.
 pub async fn wait_event(client: &Client, namespace: &str, name: &str, reason: &str) -> anyhow::Result<String> {
     wait_for(&format!("a {reason} Event about {name}"), || async {
-        let events = event_reasons(client, namespace, name).await?;
+        let events = events(client, namespace, name).await?;
         Ok(events
             .into_iter()
             .find(|(r, _)| r == reason)
