@@ -29,10 +29,12 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
         Some("pipeline") => pipeline(quick, rounds(&args)?),
         Some("exec") => exec::run(quick),
         Some("resources") => resources::run(quick),
-        Some("scheduler") => scheduler::run(quick),
+        Some("scheduler") => scheduler::run(quick, &args),
         Some("etcd") => etcd::run(quick),
         _ => {
-            bail!("usage: cargo xtask bench pipeline [--quick] [--rounds N] | exec|resources|scheduler|etcd [--quick]")
+            bail!(
+                "usage: cargo xtask bench pipeline [--quick] [--rounds N] | exec|resources|etcd [--quick] | scheduler [--quick] [--schedules N] [--ticks T]"
+            )
         }
     }
 }
@@ -66,7 +68,8 @@ fn rounds(args: &[String]) -> anyhow::Result<usize> {
     }
 }
 
-fn load_average() -> String {
+/// The 1, 5 and 15-minute load averages: the machine is shared, so a report says how busy it was.
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())

@@ -1,6 +1,8 @@
-//! `cargo xtask bench scheduler [--quick]`: 1,000 BackupSchedules ticking every minute on the
-//! test bed, handled by the release binary of scheduler-ctrl, measured over three ticks
-//! (`--quick`: 100 schedules, one tick). Target: p99 lag under 1 s.
+//! `cargo xtask bench scheduler [--quick] [--schedules N] [--ticks T]`: 1,000 BackupSchedules
+//! ticking every minute on the test bed, handled by the release binary of scheduler-ctrl,
+//! measured over three ticks (`--quick`: 100 schedules, one tick; `--schedules` and `--ticks`
+//! change either, to find how many schedules the bed can tick within the target). Target:
+//! p99 lag under 1 s.
 //!
 //! Runs are ExecBackups that nobody executes: a completer in this process watches them and
 //! marks each Succeeded the moment it appears, so the scheduler always finds its previous run
@@ -35,15 +37,17 @@ use serde_json::json;
 use stowage_api::{BackupSchedule, ExecBackup};
 use stowage_e2e::bed::{TestBed, wait_for};
 
-use super::{build_release, target_dir};
+use super::{build_release, load_average, target_dir};
 
 const NAMESPACE: &str = "bench-scheduler";
 
 /// Lags seen by the completer: tick → milliseconds, for each run.
 type Lags = Arc<Mutex<BTreeMap<String, (DateTime<Utc>, f64)>>>;
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, args: &[String]) -> anyhow::Result<()> {
     let (schedules, ticks) = if quick { (100, 1) } else { (1000, 3) };
+    let schedules = number(args, "--schedules")?.unwrap_or(schedules);
+    let ticks = number(args, "--ticks")?.map_or(ticks, |t| t as i64);
     let root = crate::deps::workspace_root();
     let binary = build_release(&root, "stowage-scheduler-ctrl", &["--bin", "scheduler-ctrl"])?;
     let dir = target_dir(&root).join("stowage-bench");
@@ -120,7 +124,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         report.render()
     })?;
     println!("{report}");
-    let file = dir.join(if quick { "scheduler-quick.md" } else { "scheduler.md" });
+    let file = dir.join(format!("scheduler-{schedules}.md"));
     std::fs::write(&file, &report)?;
     eprintln!("report written to {}", file.display());
     Ok(())
@@ -373,6 +377,20 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The value of `flag` (`--schedules 500`), a number of at least 1.
+fn number(args: &[String], flag: &str) -> anyhow::Result<Option<usize>> {
+    let Some(at) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    let value = args
+        .get(at + 1)
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n >= 1);
+    value
+        .map(Some)
+        .with_context(|| format!("{flag} takes a number of at least 1"))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -397,14 +415,6 @@ fn metric_sum(metrics: &str, prefix: &str) -> f64 {
         .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
-}
-
-/// The 1-minute load average: the bed and the machine are shared, so say how busy they were.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 /// Each run's lag as scheduler-ctrl measured it (tick to the create call's answer), from the
