@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use kube::api::Api;
 use kube::discovery::Discovery;
 use serde_json::json;
 use stowage_api::{ExecBackup, ExecPhase, ExecRestore};
 use stowage_core::human_bytes;
-use stowage_e2e::bed::{TestBed, wait_for};
+use stowage_e2e::bed::TestBed;
 use stowage_e2e::databases::{PostgresServer, SAMPLE_TABLE};
+use stowage_e2e::support::finished;
 
 use super::{Demo, apply, create_secret, file_name, fresh_namespace, scenario_files};
 
@@ -68,16 +68,7 @@ pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
     for file in files.iter().filter(|f| !file_name(f).starts_with("20-")) {
         apply(&client, &discovery, file, NAMESPACE, store_dir, &recipient).await?;
     }
-    let backups: Api<ExecBackup> = Api::namespaced(client.clone(), NAMESPACE);
-    let backup = wait_for("ExecBackup orders to finish", || async {
-        let backup = backups.get("orders").await?;
-        let done = backup
-            .status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, ExecPhase::Succeeded | ExecPhase::Failed));
-        Ok(done.then_some(backup))
-    })
-    .await?;
+    let backup: ExecBackup = finished(&client, NAMESPACE, "orders").await?;
     let backup_time = started.elapsed();
     let status = backup.status.clone().unwrap_or_default();
     anyhow::ensure!(status.phase == ExecPhase::Succeeded, "the backup failed: {status:#?}");
@@ -98,16 +89,7 @@ pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
     for file in files.iter().filter(|f| file_name(f).starts_with("20-")) {
         apply(&client, &discovery, file, NAMESPACE, store_dir, &recipient).await?;
     }
-    let restores: Api<ExecRestore> = Api::namespaced(client.clone(), NAMESPACE);
-    let restore = wait_for("ExecRestore orders-restore to finish", || async {
-        let restore = restores.get("orders-restore").await?;
-        let done = restore
-            .status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, ExecPhase::Succeeded | ExecPhase::Failed));
-        Ok(done.then_some(restore))
-    })
-    .await?;
+    let restore: ExecRestore = finished(&client, NAMESPACE, "orders-restore").await?;
     let restore_time = started.elapsed();
     let restored = restore.status.unwrap_or_default();
     anyhow::ensure!(
