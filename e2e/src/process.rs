@@ -31,12 +31,7 @@ impl ManagedChild {
     /// Starts `command` with stdout and stderr appended to `log_path`; the child is killed when
     /// this process dies.
     pub fn spawn(name: &str, mut command: Command, log_path: &Path) -> anyhow::Result<Self> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        output_to_log(&mut command, log_path)?;
         #[allow(unsafe_code)]
         // SAFETY: the closure runs between fork and exec and only makes the prctl system call,
         // which is async-signal-safe; it allocates nothing and takes no locks.
@@ -106,12 +101,7 @@ impl Drop for ManagedChild {
 /// Starts `command` in its own session (so a terminal's Ctrl-C does not reach it) and without
 /// a parent-death signal: it outlives this process. Output goes to `log_path`.
 pub fn spawn_detached(mut command: Command, log_path: &Path) -> anyhow::Result<u32> {
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    output_to_log(&mut command, log_path)?;
     #[allow(unsafe_code)]
     // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -121,6 +111,17 @@ pub fn spawn_detached(mut command: Command, log_path: &Path) -> anyhow::Result<u
         .spawn()
         .with_context(|| format!("starting {:?}", command.get_program()))?;
     Ok(child.id())
+}
+
+/// Gives `command` no stdin and appends its stdout and stderr to `log_path`.
+fn output_to_log(command: &mut Command, log_path: &Path) -> anyhow::Result<()> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    Ok(())
 }
 
 /// Whether a process with this pid exists (and is not a zombie we could see).
