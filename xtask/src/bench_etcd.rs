@@ -16,7 +16,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use stowage_e2e::etcd::{EtcdOptions, EtcdServer};
 
-use super::{Sample, age_key, build_release, human, measure, require_tools, target_dir};
+use super::{Sample, age_key, build_release, human, load_average, measure, require_tools, target_dir};
 
 /// Rounds of all phases; each phase's best counts.
 const ROUNDS: usize = 3;
@@ -184,12 +184,4 @@ fn dir_size(dir: &Path) -> u64 {
             _ => entry.metadata().map_or(0, |m| m.len()),
         })
         .sum()
-}
-
-/// The 1-minute load average: the machine is shared, so say how busy it was.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }

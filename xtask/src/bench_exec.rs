@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use stowage_core::testing::Pattern;
 
-use super::{age_key, build_release, generate, human, require_tools, target_dir};
+use super::{age_key, build_release, generate, human, load_average, require_tools, target_dir};
 
 /// The phases, in the order they run: (phase, label).
 const PHASES: [(&str, &str); 4] = [
@@ -181,12 +181,4 @@ impl Phase<'_> {
             peak_rss_kib: number("peak_rss_kib")? as u64,
         })
     }
-}
-
-/// The 1-minute load average: the bed and the machine are shared, so say how busy they were.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
