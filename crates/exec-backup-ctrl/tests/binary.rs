@@ -54,26 +54,56 @@ async fn phase_of(api: &Api<ExecBackup>, name: &str, phase: ExecPhase) -> anyhow
     .await
 }
 
+/// What both tests start from, in namespace `ns`: the CRDs, a filesystem BackupStorage in a
+/// temporary directory (kept until this is dropped), and a first controller logging there.
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: std::path::PathBuf,
+    storage: String,
+    log: std::path::PathBuf,
+    api: Api<ExecBackup>,
+    first: Binary,
+}
+
+async fn setup(bed: &stowage_e2e::TestBed, client: &kube::Client, ns: &str) -> anyhow::Result<Setup> {
+    stowage_e2e::crds::apply_crds(client, &stowage_api::crds()).await?;
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    let storage = filesystem_storage(client, ns, &store).await?;
+    let log = dir.path().join("controller.log");
+    let first = start_binary(bed, ns, &log).await?;
+    Ok(Setup {
+        _dir: dir,
+        store,
+        storage,
+        log,
+        api: Api::namespaced(client.clone(), ns),
+        first,
+    })
+}
+
+/// A backup whose command outlives the test unless something stops it.
+fn long_run(storage: &str) -> serde_json::Value {
+    json!({
+        "backup": { "command": ["sh", "-c", "seq 1 100000; sleep 600"] },
+        "storage": { "name": storage },
+        "template": idle_template(None, json!([])),
+    })
+}
+
 #[tokio::test]
 async fn a_killed_controller_s_run_is_failed_by_its_successor_and_sigterm_stops_cleanly() {
     let bed = bed().await.unwrap();
     bed.with_namespace("exec-binary", |client, ns| async move {
-        stowage_e2e::crds::apply_crds(&client, &stowage_api::crds()).await?;
-        let dir = tempfile::tempdir()?;
-        let store = dir.path().join("store");
-        let storage = filesystem_storage(&client, &ns, &store).await?;
-        let log = dir.path().join("controller.log");
-        let api: Api<ExecBackup> = Api::namespaced(client.clone(), &ns);
-        let long_run = || {
-            json!({
-                "backup": { "command": ["sh", "-c", "seq 1 100000; sleep 600"] },
-                "storage": { "name": storage },
-                "template": idle_template(None, json!([])),
-            })
-        };
-
-        let mut first = start_binary(bed, &ns, &log).await?;
-        create_backup(&client, &ns, "killed", long_run()).await?;
+        let Setup {
+            store,
+            storage,
+            log,
+            api,
+            mut first,
+            _dir,
+        } = setup(bed, &client, &ns).await?;
+        create_backup(&client, &ns, "killed", long_run(&storage)).await?;
         phase_of(&api, "killed", ExecPhase::Running).await?;
         first.child.start_kill()?;
         first.child.wait().await?;
@@ -87,7 +117,7 @@ async fn a_killed_controller_s_run_is_failed_by_its_successor_and_sigterm_stops_
         );
         assert!(interrupted.artifact.is_none());
 
-        create_backup(&client, &ns, "stopped", long_run()).await?;
+        create_backup(&client, &ns, "stopped", long_run(&storage)).await?;
         phase_of(&api, "stopped", ExecPhase::Running).await?;
         let (code, metrics) = http_get(second.port, "/metrics").await?;
         assert_eq!(code, 200);
@@ -125,26 +155,17 @@ async fn a_killed_controller_s_run_is_failed_by_its_successor_and_sigterm_stops_
 async fn a_run_deleted_while_its_controller_was_down_is_cancelled_when_a_controller_returns() {
     let bed = bed().await.unwrap();
     bed.with_namespace("exec-binary-deleted", |client, ns| async move {
-        stowage_e2e::crds::apply_crds(&client, &stowage_api::crds()).await?;
-        let dir = tempfile::tempdir()?;
-        let store = dir.path().join("store");
-        let storage = filesystem_storage(&client, &ns, &store).await?;
-        let log = dir.path().join("controller.log");
-        let api: Api<ExecBackup> = Api::namespaced(client.clone(), &ns);
-
-        let mut first = start_binary(bed, &ns, &log).await?;
-        create_backup(
-            &client,
-            &ns,
-            "orphaned",
-            json!({
-                "backup": { "command": ["sh", "-c", "seq 1 100000; sleep 600"] },
-                "storage": { "name": storage },
-                "retainPolicy": "Delete",
-                "template": idle_template(None, json!([])),
-            }),
-        )
-        .await?;
+        let Setup {
+            store,
+            storage,
+            log,
+            api,
+            mut first,
+            _dir,
+        } = setup(bed, &client, &ns).await?;
+        let mut spec = long_run(&storage);
+        spec["retainPolicy"] = json!("Delete");
+        create_backup(&client, &ns, "orphaned", spec).await?;
         phase_of(&api, "orphaned", ExecPhase::Running).await?;
         first.child.start_kill()?;
         first.child.wait().await?;

@@ -7,7 +7,7 @@
 mod support;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use stowage_api::{ExecBackup, ExecPhase, ExecRestore};
 use stowage_core::testing::S3Server;
@@ -295,7 +295,12 @@ async fn deleting_a_running_restore_kills_its_command_before_the_end_of_its_inpu
             }),
         )
         .await?;
+        // Someone else's finalizer holds the deleted object, so its Pod is not garbage
+        // collected: only the controller's watch of the deletion can stop the run.
         let api: Api<ExecRestore> = Api::namespaced(client.clone(), &ns);
+        let hold = |finalizers: serde_json::Value| json!({ "metadata": { "finalizers": finalizers } });
+        api.patch("slow", &PatchParams::default(), &Patch::Merge(hold(json!(["test.stowage.io/hold"]))))
+            .await?;
         running(&api, "slow").await?;
         wait_for("the restore command to start", || async {
             Ok(out.join("started").exists().then_some(()))
@@ -312,7 +317,15 @@ async fn deleting_a_running_restore_kills_its_command_before_the_end_of_its_inpu
             !out.join("complete").exists(),
             "the restore command must not finish"
         );
-        assert!(api.get_opt("slow").await?.is_none());
+        let held = api.get("slow").await?.status.unwrap();
+        assert_eq!(held.phase, ExecPhase::Failed, "{held:#?}");
+        assert_eq!(condition(&held.conditions, "Failed").1, "Cancelled", "{held:#?}");
+        api.patch("slow", &PatchParams::default(), &Patch::Merge(hold(json!(null))))
+            .await?;
+        wait_for("the released ExecRestore to be gone", || async {
+            Ok(api.get_opt("slow").await?.is_none().then_some(()))
+        })
+        .await?;
         Ok(())
     })
     .await
