@@ -15,7 +15,7 @@ use serde_json::json;
 use stowage_api::{VolumeBackup, VolumeBackupPhase};
 use stowage_core::human_bytes;
 use stowage_e2e::bed::{TestBed, wait_for};
-use stowage_e2e::support::volume_dir;
+use stowage_e2e::support::{finished, volume_dir};
 
 use super::{Demo, fresh_namespace};
 
@@ -157,16 +157,7 @@ pub async fn backup(bed: &TestBed, demo: &Demo, client: &kube::Client) -> anyhow
         }),
     )
     .await?;
-    let backups: Api<VolumeBackup> = Api::namespaced(client.clone(), NAMESPACE);
-    let backup = wait_for(&format!("VolumeBackup {BACKUP} to finish"), || async {
-        let backup = backups.get(BACKUP).await?;
-        Ok(backup
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase.is_final())
-            .then_some(backup))
-    })
-    .await?;
+    let backup: VolumeBackup = finished(client, NAMESPACE, BACKUP).await?;
     let status = backup.status.clone().unwrap_or_default();
     anyhow::ensure!(
         status.phase == VolumeBackupPhase::Succeeded,

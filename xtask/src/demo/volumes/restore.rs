@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use stowage_api::{VolumeRestore, VolumeRestorePhase};
 use stowage_e2e::bed::{TestBed, wait_for};
-use stowage_e2e::support::volume_dir;
+use stowage_e2e::support::{finished, volume_dir};
 
 use super::{APP, BACKUP, BackedUp, NAMESPACE, PVC, apply, count_records};
 use crate::demo::Demo;
@@ -35,16 +35,7 @@ pub async fn restore(bed: &TestBed, demo: &Demo, client: &kube::Client, backed_u
         }),
     )
     .await?;
-    let restores: Api<VolumeRestore> = Api::namespaced(client.clone(), NAMESPACE);
-    let restore = wait_for(&format!("VolumeRestore {RESTORE} to finish"), || async {
-        let restore = restores.get(RESTORE).await?;
-        Ok(restore
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase.is_final())
-            .then_some(restore))
-    })
-    .await?;
+    let restore: VolumeRestore = finished(client, NAMESPACE, RESTORE).await?;
     let took = started.elapsed();
     let status = restore.status.clone().unwrap_or_default();
     anyhow::ensure!(
