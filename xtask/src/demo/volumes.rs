@@ -169,17 +169,7 @@ pub async fn backup(bed: &TestBed, demo: &Demo, client: &kube::Client) -> anyhow
             .await?
     );
     println!("{}", bed.kubectl(["get", "volumesnapshots", "-n", NAMESPACE]).await?);
-    let events = bed
-        .kubectl([
-            "get",
-            "events",
-            "-n",
-            NAMESPACE,
-            "--field-selector",
-            &format!("involvedObject.name={BACKUP}"),
-        ])
-        .await?;
-    println!("{events}");
+    print_events(bed, BACKUP).await?;
 
     let volume = status.volumes.first().context("the backup has a volume")?;
     let artifact = volume.artifact.clone().context("the backup has a copy")?.artifact;
@@ -249,6 +239,26 @@ async fn apply(client: &kube::Client, manifest: serde_json::Value) -> anyhow::Re
     .await
     .with_context(|| format!("applying {kind} {name}"))?;
     eprintln!("    applied {kind} {name}");
+    Ok(())
+}
+
+/// Prints, as `kubectl get events` does, the Events about object `name` in the demo's
+/// namespace, oldest first: what the controller did, step by step.
+pub async fn print_events(bed: &TestBed, name: &str) -> anyhow::Result<()> {
+    let selector = format!("involvedObject.name={name}");
+    let events = bed
+        .kubectl([
+            "get",
+            "events",
+            "-n",
+            NAMESPACE,
+            "--field-selector",
+            &selector,
+            "--sort-by",
+            ".metadata.creationTimestamp",
+        ])
+        .await?;
+    println!("{events}");
     Ok(())
 }
 

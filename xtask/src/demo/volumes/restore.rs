@@ -13,7 +13,7 @@ use stowage_api::{VolumeRestore, VolumeRestorePhase};
 use stowage_e2e::bed::{TestBed, wait_for};
 use stowage_e2e::support::{finished, volume_dir};
 
-use super::{APP, BACKUP, BackedUp, NAMESPACE, PVC, apply, count_records};
+use super::{APP, BACKUP, BackedUp, NAMESPACE, PVC, apply, count_records, print_events};
 use crate::demo::Demo;
 
 const RESTORE: &str = "ledger-rollback";
@@ -44,19 +44,7 @@ pub async fn restore(bed: &TestBed, demo: &Demo, client: &kube::Client, backed_u
     );
     println!("{}", bed.kubectl(["get", "volumerestores", "-n", NAMESPACE]).await?);
     println!("{}", bed.kubectl(["get", "pvc", "-n", NAMESPACE]).await?);
-    let events = bed
-        .kubectl([
-            "get",
-            "events",
-            "-n",
-            NAMESPACE,
-            "--field-selector",
-            &format!("involvedObject.name={RESTORE}"),
-            "--sort-by",
-            ".metadata.creationTimestamp",
-        ])
-        .await?;
-    println!("{events}");
+    print_events(bed, RESTORE).await?;
 
     let volume = status.volumes.first().context("the restore has a volume")?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
