@@ -1,16 +1,21 @@
 //! Backup: discover what the cluster serves, list what the ResourceSet selects page by page,
 //! and stream each object into the tar that flows into stowage-core. Nothing touches disk,
-//! and memory holds two pages of objects (one written, the next being fetched) plus the
-//! deflated index: a few dozen bytes per object.
+//! and memory holds two pages' response bodies (one written, the next being fetched), one
+//! parsed object, and the deflated index: a few dozen bytes per object.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use http_body_util::BodyExt as _;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
+use kube::Resource as _;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, TypeMeta};
 use kube::discovery::{Discovery, Scope, verbs};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use stowage_api::resource_set::ResourceSetSpec;
 use stowage_core::{Artifact, BackupRequest};
 
@@ -144,6 +149,17 @@ pub async fn run(
     })
 }
 
+/// One page of a list as the API server sent it. The items stay raw JSON, slices of the
+/// response body, and are parsed one at a time as they are written: a page costs its body
+/// and one object, not its body and every object parsed (kube's `Api::list` holds both).
+#[derive(Deserialize)]
+struct Page<'a> {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(borrow, default)]
+    items: Vec<&'a RawValue>,
+}
+
 /// Lists one resource type page by page and writes what the selection takes.
 async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
     client: &kube::Client,
@@ -152,7 +168,8 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut ArchiveWriter<W>,
     progress: &Progress,
 ) -> Result<()> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &served.api);
+    let listing = || format!("listing {}", served.resource.qualified_kind());
+    let list = kube::core::Request::new(DynamicObject::url_path(&served.api, None));
     let mut params = ListParams::default().limit(PAGE_SIZE);
     // The API server leaves out what the labels exclude (a selective backup of a big cluster
     // reads only its part); the selection below still checks every object.
@@ -161,23 +178,35 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
     }
     // The next page is fetched while this one is written: the API server and the data path
     // work at the same time.
-    let fetch = |params: ListParams| {
-        let api = api.clone();
-        tokio::spawn(async move { api.list(&params).await })
+    let fetch = |params: &ListParams, expected: usize| -> Result<AbortOnDrop<kube::Result<Vec<u8>>>> {
+        let request = list
+            .list(params)
+            .map_err(|e| Error::kube(listing(), kube::Error::BuildRequest(e)))?;
+        Ok(AbortOnDrop(tokio::spawn(fetch_page(client.clone(), request, expected))))
     };
-    let mut next = Some(AbortOnDrop(fetch(params.clone())));
+    let mut next = Some(fetch(&params, 0)?);
     while let Some(mut pending) = next.take() {
-        let page = (&mut pending.0)
+        let body = (&mut pending.0)
             .await
             .map_err(|e| Error::Io {
-                what: format!("listing {}", served.resource.qualified_kind()),
+                what: listing(),
                 source: std::io::Error::other(e),
             })?
-            .map_err(|e| Error::kube(format!("listing {}", served.resource.qualified_kind()), e))?;
+            .map_err(|e| Error::kube(listing(), e))?;
+        let page: Page = serde_json::from_slice(&body).map_err(|source| Error::Json {
+            what: listing(),
+            source,
+        })?;
         if let Some(token) = page.metadata.continue_.as_deref().filter(|token| !token.is_empty()) {
-            next = Some(AbortOnDrop(fetch(params.clone().continue_token(token))));
+            // Pages are alike: room for this one's size and an eighth makes one allocation.
+            let expected = body.len() + body.len() / 8;
+            next = Some(fetch(&params.clone().continue_token(token), expected)?);
         }
-        for mut object in page.items {
+        for item in page.items {
+            let mut object: DynamicObject = serde_json::from_str(item.get()).map_err(|source| Error::Json {
+                what: listing(),
+                source,
+            })?;
             let info = ObjectInfo {
                 name: object.metadata.name.clone().unwrap_or_default(),
                 namespace: object.metadata.namespace.clone(),
@@ -204,6 +233,29 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// GETs one list page into a buffer with room for `expected` bytes: the body is held once,
+/// where `Client::request_text` holds its frames, a joined copy and a `String` copy at once.
+async fn fetch_page(client: kube::Client, request: http::Request<Vec<u8>>, expected: usize) -> kube::Result<Vec<u8>> {
+    let response = client.send(request.map(kube::client::Body::from)).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut bytes = Vec::with_capacity(expected);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    if status.is_client_error() || status.is_server_error() {
+        // As kube reports it: the API server's Status, or the text of whatever answered.
+        let status = serde_json::from_slice::<kube::core::Status>(&bytes).unwrap_or_else(|_| {
+            let text = String::from_utf8_lossy(&bytes);
+            kube::core::Status::failure(text.trim(), "Failed to parse error data").with_code(status.as_u16())
+        });
+        return Err(kube::Error::Api(status.boxed()));
+    }
+    Ok(bytes)
 }
 
 /// A page being fetched; the fetch stops when the backup does.

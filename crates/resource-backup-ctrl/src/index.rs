@@ -86,7 +86,7 @@ pub fn describe(entry: &IndexEntry) -> String {
 /// The index being written: its entries as compact JSON, deflated as they come.
 pub struct IndexBuffer {
     /// `entry,entry,…`, deflated.
-    deflated: DeflateEncoder<Vec<u8>>,
+    deflated: DeflateEncoder<Chunks>,
     /// One entry's JSON, reused: the encoder gets one write per entry.
     scratch: Vec<u8>,
     /// Length of the entries' JSON before deflating.
@@ -98,7 +98,7 @@ impl Default for IndexBuffer {
     fn default() -> Self {
         IndexBuffer {
             // Fast: the JSON is repetitive, so even the fastest level shrinks it several-fold.
-            deflated: DeflateEncoder::new(Vec::new(), Compression::fast()),
+            deflated: DeflateEncoder::new(Chunks::default(), Compression::fast()),
             scratch: Vec::new(),
             json_bytes: 0,
             entries: 0,
@@ -127,7 +127,7 @@ impl IndexBuffer {
 
     /// Deflated bytes held so far (what the index costs in memory).
     pub fn held_bytes(&self) -> usize {
-        self.deflated.get_ref().capacity()
+        self.deflated.get_ref().held_bytes()
     }
 
     /// The index document, `{"formatVersion":…,"clusterId":…,"entries":[…]}` as [`Index`]
@@ -146,8 +146,74 @@ impl IndexBuffer {
         prefix.extend_from_slice(b",\"entries\":[");
         let suffix: &[u8] = b"]}";
         let size = prefix.len() as u64 + self.json_bytes + suffix.len() as u64;
-        let entries = DeflateDecoder::new(std::io::Cursor::new(deflated));
+        let entries = DeflateDecoder::new(deflated.into_reader());
         Ok((size, std::io::Cursor::new(prefix).chain(entries).chain(suffix)))
+    }
+}
+
+/// Bytes kept in fixed-size chunks. A `Vec` that grows by doubling holds up to twice what it
+/// needs and, while it grows, the old and the new allocation at once (1.8 MiB of deflated
+/// index at 50,000 objects would peak at 3.3 MiB plus a copy); chunks hold what is written,
+/// allocated once each.
+#[derive(Default)]
+struct Chunks {
+    full: Vec<Vec<u8>>,
+    last: Vec<u8>,
+}
+
+/// Big enough that the chunk list stays short, small enough to waste little.
+const CHUNK: usize = 64 << 10;
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.last.len() == CHUNK {
+            self.full
+                .push(std::mem::replace(&mut self.last, Vec::with_capacity(CHUNK)));
+        } else if self.last.capacity() == 0 {
+            self.last.reserve_exact(CHUNK);
+        }
+        let taken = bytes.len().min(CHUNK - self.last.len());
+        self.last.extend_from_slice(&bytes[..taken]);
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chunks {
+    fn held_bytes(&self) -> usize {
+        self.full.iter().chain([&self.last]).map(Vec::capacity).sum()
+    }
+
+    /// Reads the chunks in order, freeing each once read.
+    fn into_reader(mut self) -> ChunkReader {
+        self.full.push(self.last);
+        ChunkReader {
+            chunks: self.full.into_iter(),
+            current: std::io::Cursor::new(Vec::new()),
+        }
+    }
+}
+
+struct ChunkReader {
+    chunks: std::vec::IntoIter<Vec<u8>>,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let read = self.current.read(buf)?;
+            if read > 0 || buf.is_empty() {
+                return Ok(read);
+            }
+            match self.chunks.next() {
+                Some(chunk) => self.current = std::io::Cursor::new(chunk),
+                None => return Ok(0),
+            }
+        }
     }
 }
 
@@ -181,11 +247,13 @@ mod tests {
     #[test]
     fn the_index_reads_back_as_written_and_is_held_deflated() {
         let mut buffer = IndexBuffer::default();
-        let entries: Vec<IndexEntry> = (0..5_000).map(entry).collect();
+        // Enough that the deflated entries span several chunks.
+        let entries: Vec<IndexEntry> = (0..20_000).map(entry).collect();
         for entry in &entries {
             buffer.push(entry).unwrap();
         }
         let held = buffer.held_bytes();
+        assert!(held > CHUNK, "{held} bytes held: the test should span chunks");
         let (size, mut reader) = buffer.finish("cluster-1").unwrap();
         let mut json = Vec::new();
         reader.read_to_end(&mut json).unwrap();
