@@ -28,6 +28,7 @@ impl Controller {
             .env("RUST_LOG", "warn")
             // As deploy/resource-backup-ctrl runs it.
             .env("MALLOC_ARENA_MAX", "2")
+            .env("MALLOC_MMAP_THRESHOLD_", "131072")
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
