@@ -7,6 +7,8 @@
 //! registers while it runs, and the registry cancels a run when its object is deleted
 //! (deletionTimestamp set, a Delete, a namesake with another UID, or missing from a relist).
 //! One watch serves every run, instead of one watch per run.
+//! The watch must not filter its objects by labels or fields: an object leaving a selector
+//! is a Delete to the watch, and would cancel its run.
 //!
 //! A cancelled run should stop the way a failure does, through the data path's own error
 //! handling: [`RunGuard::reader`] fails its source, so core aborts the upload, and the run's
