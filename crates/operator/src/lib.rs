@@ -12,7 +12,6 @@ pub mod conditions;
 pub mod context;
 pub mod error;
 pub mod finalizer;
-pub mod http2;
 pub mod leader;
 pub mod metrics;
 pub mod podexec;

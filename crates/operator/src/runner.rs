@@ -56,21 +56,6 @@ pub struct Args {
     /// Kubeconfig file; in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// The client's transport: the controller's choice, not the user's.
-    #[arg(skip)]
-    pub transport: Transport,
-}
-
-/// How the controller's client talks to the API server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Transport {
-    /// kube's own client: HTTP/1.1, a connection per request in flight. Pod exec needs it
-    /// (a WebSocket upgrade).
-    #[default]
-    Http1,
-    /// Every request over one HTTP/2 connection ([`crate::http2`]), for a controller that
-    /// never execs into a pod and may have a thousand requests in flight at once.
-    Http2,
 }
 
 /// Parses the arguments, runs the controller, and maps the outcome to an exit code.
@@ -79,17 +64,7 @@ where
     F: FnOnce(Arc<Context>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    main_over(controller, Transport::Http1, start).await
-}
-
-/// [`main`] with the client speaking over `transport`.
-pub async fn main_over<F, Fut>(controller: &'static str, transport: Transport, start: F) -> ExitCode
-where
-    F: FnOnce(Arc<Context>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let mut args = Args::parse();
-    args.transport = transport;
+    let args = Args::parse();
     init_tracing(&args.log_format);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -126,7 +101,7 @@ where
     F: FnOnce(Arc<Context>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let client = client_over(args.kubeconfig.as_deref(), args.transport).await?;
+    let client = client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -209,11 +184,6 @@ where
 
 /// A client from `kubeconfig`, else the usual inference (KUBECONFIG, ~/.kube/config, in-cluster).
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    client_over(kubeconfig, Transport::Http1).await
-}
-
-/// [`client`] over `transport`.
-pub async fn client_over(kubeconfig: Option<&std::path::Path>, transport: Transport) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -224,10 +194,7 @@ pub async fn client_over(kubeconfig: Option<&std::path::Path>, transport: Transp
             .await
             .context("finding a Kubernetes configuration")?,
     };
-    Ok(match transport {
-        Transport::Http1 => kube::Client::try_from(config)?,
-        Transport::Http2 => crate::http2::client(config)?,
-    })
+    Ok(kube::Client::try_from(config)?)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -9,7 +9,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use stowage_core::testing::free_port;
 use stowage_e2e::{bed, wait_for};
-use stowage_operator::runner::{self, Args, Transport};
+use stowage_operator::runner::{self, Args};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -23,9 +23,6 @@ fn args(namespace: &str, kubeconfig: &std::path::Path, port: u16, pod: &str) -> 
         pod_name: Some(pod.to_string()),
         kubeconfig: Some(kubeconfig.to_path_buf()),
         watch_namespace: None,
-        // Leadership and the admin server over the scheduler's transport (the other
-        // controllers' binaries run over HTTP/1.1 in their own tests).
-        transport: Transport::Http2,
     }
 }
 
