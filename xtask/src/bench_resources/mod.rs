@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use stowage_api::{ResourceBackup, ResourceRestore};
 use stowage_e2e::bed::TestBed;
 
-use super::{age_key, build_release, require_tools, target_dir};
+use super::{age_key, build_release, load_average, require_tools, target_dir};
 use controller::{Controller, stop};
 use seed::ensure_namespace;
 
@@ -429,12 +429,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The 1-minute load average: the machine is shared, so say how busy it was.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
