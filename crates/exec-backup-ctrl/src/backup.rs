@@ -397,8 +397,10 @@ async fn record_cancelled(
     error: &Error,
     ctx: &Context,
 ) -> Result<Action> {
+    // The status first: whoever sees the Event can then read the final phase.
+    let current = run::write_final(api, &backup.name_any(), state).await?;
     ctx.normal(backup, "BackupCancelled", error.to_string()).await;
-    match run::write_final(api, &backup.name_any(), state).await? {
+    match current {
         Some(current) => delete_data(&current, api, ctx).await,
         None => Ok(Action::await_change()),
     }

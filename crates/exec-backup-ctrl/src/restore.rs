@@ -204,8 +204,9 @@ async fn record_cancelled(
     error: &Error,
     ctx: &Context,
 ) -> Result<Action> {
-    ctx.normal(restore, "RestoreCancelled", error.to_string()).await;
+    // The status first: whoever sees the Event can then read the final phase.
     run::write_final(api, &restore.name_any(), state).await?;
+    ctx.normal(restore, "RestoreCancelled", error.to_string()).await;
     Ok(Action::await_change())
 }
 

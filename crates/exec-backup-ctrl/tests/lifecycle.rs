@@ -241,8 +241,12 @@ async fn deleting_a_running_backup_cancels_it_and_leaves_nothing_in_the_storage(
         .await?;
         for (name, _) in runs {
             pods_gone(&client, &ns, &format!("stowage.io/backup={name}")).await?;
-            let reasons = event_reasons(&client, &ns, name).await?;
-            assert!(reasons.contains(&"BackupCancelled".into()), "{name}: {reasons:?}");
+            // The Event follows the Pod's deletion and the final status write.
+            let reasons = wait_for("a BackupCancelled Event", || async {
+                let reasons = event_reasons(&client, &ns, name).await?;
+                Ok(reasons.contains(&"BackupCancelled".into()).then_some(reasons))
+            })
+            .await?;
             assert!(!reasons.contains(&"BackupSucceeded".into()), "{name}: {reasons:?}");
         }
         wait_for("no multipart upload left open", || async {
