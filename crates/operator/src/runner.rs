@@ -56,7 +56,17 @@ pub struct Args {
     /// Kubeconfig file; in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Requests to the API server awaiting their answer at once; more wait their turn.
+    #[arg(long, env = "STOWAGE_MAX_REQUESTS_IN_FLIGHT", default_value_t = DEFAULT_REQUESTS_IN_FLIGHT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_requests_in_flight: u16,
 }
+
+/// The API server's throughput does not grow with more requests at once (measured: 1,000
+/// creates take as long at 8 in flight as at 1,000), but every concurrent HTTP/1.1 request
+/// holds its own TLS connection: a scheduler firing 1,000 schedules at once would handshake
+/// and keep 1,000 of them, costing both sides CPU at the very moment runs are created.
+pub const DEFAULT_REQUESTS_IN_FLIGHT: u16 = 64;
 
 /// Parses the arguments, runs the controller, and maps the outcome to an exit code.
 pub async fn main<F, Fut>(controller: &'static str, start: F) -> ExitCode
@@ -101,7 +111,7 @@ where
     F: FnOnce(Arc<Context>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let client = client(args.kubeconfig.as_deref(), args.max_requests_in_flight).await?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -182,8 +192,11 @@ where
     Ok(())
 }
 
-/// A client from `kubeconfig`, else the usual inference (KUBECONFIG, ~/.kube/config, in-cluster).
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+/// A client from `kubeconfig`, else the usual inference (KUBECONFIG, ~/.kube/config, in-cluster),
+/// with at most `in_flight` requests awaiting their answer at once. A request holds its place
+/// until the answer's headers arrive: watches, log streams and upgraded exec connections
+/// then go on without one.
+pub async fn client(kubeconfig: Option<&std::path::Path>, in_flight: u16) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -194,7 +207,10 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
             .await
             .context("finding a Kubernetes configuration")?,
     };
-    Ok(kube::Client::try_from(config)?)
+    let limit = tower::limit::ConcurrencyLimitLayer::new(usize::from(in_flight));
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&limit)
+        .build())
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
-//! The runner against the real test bed: the admin endpoints, and leader election with two
+//! The runner against the real test bed: the admin endpoints, leader election with two
 //! replicas (only one runs; kill the leader and the other takes over; a clean stop releases
-//! the Lease).
+//! the Lease), and the client's bound on requests in flight.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +23,7 @@ fn args(namespace: &str, kubeconfig: &std::path::Path, port: u16, pod: &str) -> 
         pod_name: Some(pod.to_string()),
         kubeconfig: Some(kubeconfig.to_path_buf()),
         watch_namespace: None,
+        max_requests_in_flight: runner::DEFAULT_REQUESTS_IN_FLIGHT,
     }
 }
 
@@ -153,4 +154,41 @@ async fn two_replicas_one_leader_takeover_after_a_kill_and_release_on_a_clean_st
     })
     .await
     .unwrap();
+}
+
+/// This process's established TCP connections to `port` (its sockets among /proc/net/tcp's).
+fn connections_to(port: u16) -> anyhow::Result<usize> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in std::fs::read_dir("/proc/self/fd")? {
+        let target = std::fs::read_link(fd?.path()).unwrap_or_default();
+        if let Some(inode) = target.to_string_lossy().strip_prefix("socket:[") {
+            inodes.insert(inode.trim_end_matches(']').to_string());
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp")? + &std::fs::read_to_string("/proc/net/tcp6")?;
+    let remote = format!(":{port:04X}");
+    Ok(table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[2].ends_with(&remote) && f[3] == "01" && inodes.contains(f[9]))
+        .count())
+}
+
+#[tokio::test]
+async fn a_client_holds_no_more_connections_than_requests_it_lets_in_flight() {
+    let bed = bed().await.unwrap();
+    let port = bed.config().cluster_url.port_u16().unwrap();
+    let client = runner::client(Some(bed.kubeconfig_path()), 3).await.unwrap();
+    let before = connections_to(port).unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let params = kube::api::ListParams::default();
+    let lists = (0..40).map(|_| namespaces.list(&params));
+    let answered = futures::future::try_join_all(lists).await.unwrap();
+    assert_eq!(answered.len(), 40, "every request is answered, three at a time");
+    let opened = connections_to(port).unwrap() - before;
+    assert!(
+        (1..=3).contains(&opened),
+        "40 requests at once through a client that lets 3 in flight opened {opened} connections"
+    );
 }

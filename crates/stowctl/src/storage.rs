@@ -99,7 +99,7 @@ fn credentials_from_env() -> Credentials {
 /// Opens BackupStorage `name` of the current cluster, with its credentials Secret, as the
 /// controllers do.
 pub async fn open_cluster(name: &str, kubeconfig: Option<&Path>) -> Result<OpenedStorage> {
-    let client = stowage_operator::runner::client(kubeconfig)
+    let client = stowage_operator::runner::client(kubeconfig, stowage_operator::runner::DEFAULT_REQUESTS_IN_FLIGHT)
         .await
         .map_err(|e| Error::Cluster(format!("{e:#} (or pass a storage configuration file to --storage)")))?;
     let metrics = stowage_operator::Metrics::new().map_err(|e| Error::Cluster(format!("metrics: {e}")))?;
