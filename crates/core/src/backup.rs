@@ -15,10 +15,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
-use crate::bridge::{ChannelWriter, SOURCE_CHUNK};
+use crate::bridge::ChannelWriter;
 use crate::compress::{FinishWrite, compressor};
 use crate::crypt::Recipients;
 use crate::error::{Error, Result};
+use crate::gzip;
 use crate::layout::{Layout, object_path};
 use crate::record::{Artifact, Compression, MANIFEST_FORMAT_VERSION, Manifest};
 use crate::tally::{Progress, TallyWriter};
@@ -41,6 +42,8 @@ pub struct BackupRequest {
     pub recipients: Arc<Recipients>,
     /// Upload tuning.
     pub upload: UploadOptions,
+    /// How much the pipeline holds between the source and the upload.
+    pub pipeline: PipelineOptions,
     /// Live byte counts, for status and metrics.
     pub progress: Progress,
 }
@@ -61,10 +64,74 @@ impl BackupRequest {
             compression: Compression::default(),
             recipients: Arc::new(Recipients::default()),
             upload: UploadOptions::default(),
+            pipeline: PipelineOptions::default(),
             progress: Progress::default(),
         }
     }
 }
+
+/// How much a backup holds between reading its source and uploading it: the depth of its
+/// pipeline. The plaintext is about `block_size × (queued_blocks + pending_compressions + 2)`
+/// (one block being read, one being handed to compression); the compressed bytes on their way
+/// to the upload `256 KiB × (queued_blocks + 1)`; the upload's parts come on top
+/// ([`UploadOptions`]).
+///
+/// The default reads far enough ahead to keep every core compressing when the source is
+/// fast (a database dump, a volume): about 10 MiB on two cores. A slow source (an API
+/// server listing objects at a few MB/s) never needs that depth, and on a busy machine it
+/// would fill it anyway while the compressing threads wait for a core; a shallow pipeline
+/// (e.g. [`PipelineOptions::shallow`]) holds a megabyte or two instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// Plaintext read from the source at a time; with gzip also the plaintext of each member,
+    /// the unit one core compresses (and a restore inflates). Smaller blocks cost a little
+    /// compression ratio: each member starts without history. Kept within
+    /// 64 KiB..=8 MiB. Default 1 MiB.
+    pub block_size: usize,
+    /// Blocks queued between stages (at least 1): read ahead of the compressing thread, and
+    /// compressed chunks (256 KiB) waiting for the upload. Default 4.
+    pub queued_blocks: usize,
+    /// gzip blocks being compressed or waiting their turn to be written (at least 1);
+    /// `None` (the default): two per compression worker, so every worker has its next block.
+    pub pending_compressions: Option<usize>,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            block_size: gzip::BLOCK,
+            queued_blocks: 4,
+            pending_compressions: None,
+        }
+    }
+}
+
+impl PipelineOptions {
+    /// For sources slower than compression: 256 KiB blocks, one read ahead, two compressing.
+    /// About 1.25 MiB of plaintext in the pipeline.
+    pub fn shallow() -> Self {
+        PipelineOptions {
+            block_size: 256 * 1024,
+            queued_blocks: 1,
+            pending_compressions: Some(2),
+        }
+    }
+
+    /// The block size in effect.
+    pub(crate) fn effective_block_size(&self) -> usize {
+        self.block_size.clamp(MIN_BLOCK, MAX_BLOCK)
+    }
+
+    /// gzip blocks pending at most with `workers` compressing threads.
+    pub(crate) fn effective_pending(&self, workers: usize) -> usize {
+        self.pending_compressions.unwrap_or(workers.max(1) * 2).max(1)
+    }
+}
+
+/// Smallest block: below this the per-member and per-message overheads start to show.
+const MIN_BLOCK: usize = 64 * 1024;
+/// Largest block: a member of incompressible data must stay within what a restore accepts.
+const MAX_BLOCK: usize = 8 * 1024 * 1024;
 
 /// Streams `source` to storage and writes its manifest: the whole backup.
 pub async fn backup<R: AsyncRead + Unpin + Send>(request: BackupRequest, source: R) -> Result<Artifact> {
@@ -131,17 +198,25 @@ pub async fn stream_payload<R: AsyncRead + Unpin + Send>(request: BackupRequest,
     let started_at = Utc::now();
     let path = object_path(&request.path)?;
 
-    let (input_tx, input_rx) = mpsc::channel::<Input>(4);
-    let (output_tx, output_rx) = mpsc::channel::<Bytes>(4);
+    let block_size = request.pipeline.effective_block_size();
+    let queued = request.pipeline.queued_blocks.max(1);
+    let (input_tx, input_rx) = mpsc::channel::<Input>(queued);
+    let (output_tx, output_rx) = mpsc::channel::<Bytes>(queued);
     let encoder = {
         let compression = request.compression.clone();
+        let pipeline = request.pipeline.clone();
         let recipients = request.recipients.clone();
         let progress = request.progress.clone();
-        tokio::task::spawn_blocking(move || encode(input_rx, output_tx, &compression, &recipients, &progress))
+        tokio::task::spawn_blocking(move || {
+            encode(input_rx, output_tx, &compression, &pipeline, &recipients, &progress)
+        })
     };
     let uploader = Uploader::new(request.store.clone(), path, request.upload.clone());
-    let (read, (uploader, upload), encoded) =
-        tokio::join!(read_source(source, input_tx), upload(uploader, output_rx), encoder);
+    let (read, (uploader, upload), encoded) = tokio::join!(
+        read_source(source, input_tx, block_size),
+        upload(uploader, output_rx),
+        encoder
+    );
     let encoded = encoded.unwrap_or_else(|join| {
         Err(EncodeError::Failed(Error::Stage {
             stage: "encoding",
@@ -185,15 +260,16 @@ pub async fn stream_payload<R: AsyncRead + Unpin + Send>(request: BackupRequest,
     })
 }
 
-async fn read_source<R: AsyncRead + Unpin>(mut source: R, tx: mpsc::Sender<Input>) -> Result<()> {
+/// Reads `source` in blocks of `block_size` (a gzip stage takes each as it is, uncopied).
+async fn read_source<R: AsyncRead + Unpin>(mut source: R, tx: mpsc::Sender<Input>, block_size: usize) -> Result<()> {
     loop {
-        let mut buf = BytesMut::with_capacity(SOURCE_CHUNK);
-        while buf.len() < SOURCE_CHUNK {
+        let mut buf = BytesMut::with_capacity(block_size);
+        while buf.len() < block_size {
             if source.read_buf(&mut buf).await.map_err(Error::Source)? == 0 {
                 break;
             }
         }
-        let end = buf.len() < SOURCE_CHUNK;
+        let end = buf.len() < block_size;
         if !buf.is_empty() && tx.send(Input::Data(buf.freeze())).await.is_err() {
             return Ok(()); // downstream failed; its error is the one to report
         }
@@ -223,6 +299,7 @@ fn encode(
     mut input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Bytes>,
     compression: &Compression,
+    pipeline: &PipelineOptions,
     recipients: &Recipients,
     progress: &Progress,
 ) -> Result<(), EncodeError> {
@@ -240,7 +317,7 @@ fn encode(
         progress.stored.clone(),
     ));
     let encrypted = recipients.encryptor(sink).map_err(EncodeError::Failed)?;
-    let compressed = compressor(compression, encrypted).map_err(stage_error("compression"))?;
+    let compressed = compressor(compression, pipeline, encrypted).map_err(stage_error("compression"))?;
     let mut chain: Box<dyn FinishWrite> = Box::new(TallyWriter::new(compressed, progress.plaintext.clone()));
     loop {
         match input.blocking_recv() {

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 /// Size of the chunks that travel between threads.
 pub(crate) const CHUNK: usize = 256 * 1024;
 
-/// Size of the chunks a backup reads from its source: one gzip block, so the
-/// compressing threads take each chunk as it is, without copying it.
+/// Size of the chunks a restore reads from storage and hands to its sink: one
+/// gzip block of a backup's default pipeline (`PipelineOptions`).
 pub(crate) const SOURCE_CHUNK: usize = crate::gzip::BLOCK;
 
 /// A `Write` that hands its bytes, in chunks, to an async receiver.

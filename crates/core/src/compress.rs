@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 
+use crate::backup::PipelineOptions;
 use crate::bridge::ChannelWriter;
 use crate::gzip::{self, MemberEncoder};
 use crate::pool::{Pool, Ticket};
@@ -45,13 +46,24 @@ impl FinishWrite for TallyWriter<Box<dyn FinishWrite>> {
     }
 }
 
-/// Wraps `inner` in the compression stage for `compression`.
-pub(crate) fn compressor(compression: &Compression, inner: Box<dyn FinishWrite>) -> io::Result<Box<dyn FinishWrite>> {
+/// Wraps `inner` in the compression stage for `compression`; gzip cuts its input into blocks
+/// and keeps as many pending as `pipeline` says.
+pub(crate) fn compressor(
+    compression: &Compression,
+    pipeline: &PipelineOptions,
+    inner: Box<dyn FinishWrite>,
+) -> io::Result<Box<dyn FinishWrite>> {
     let level = compression.effective_level();
     let workers = compression.effective_workers();
     Ok(match compression.algorithm {
         Algorithm::None => inner,
-        Algorithm::Gzip => Box::new(ParallelGzip::new(inner, level, workers)?),
+        Algorithm::Gzip => Box::new(ParallelGzip::new(
+            inner,
+            level,
+            workers,
+            pipeline.effective_block_size(),
+            pipeline.effective_pending(workers),
+        )?),
         Algorithm::Zstd => {
             let mut encoder = zstd::stream::write::Encoder::new(inner, level as i32)?;
             if workers > 1 {
@@ -107,6 +119,8 @@ impl FinishWrite for Zstd {
 /// one stream; restores inflate the members in parallel.
 struct ParallelGzip {
     inner: Box<dyn FinishWrite>,
+    /// Plaintext per member.
+    block_size: usize,
     block: Vec<u8>,
     /// Members in flight, oldest first; bounded to keep memory flat.
     pending: VecDeque<Ticket<io::Result<Vec<u8>>>>,
@@ -116,7 +130,13 @@ struct ParallelGzip {
 }
 
 impl ParallelGzip {
-    fn new(inner: Box<dyn FinishWrite>, level: u32, workers: usize) -> io::Result<Self> {
+    fn new(
+        inner: Box<dyn FinishWrite>,
+        level: u32,
+        workers: usize,
+        block_size: usize,
+        max_pending: usize,
+    ) -> io::Result<Self> {
         let level = gzip::level(level)?;
         let pool = Pool::new(
             workers,
@@ -125,16 +145,18 @@ impl ParallelGzip {
         );
         Ok(ParallelGzip {
             inner,
-            block: Vec::with_capacity(gzip::BLOCK),
+            block_size,
+            // Filled only when writes come in pieces; whole blocks are taken as they are.
+            block: Vec::new(),
             pending: VecDeque::new(),
-            max_pending: workers.max(1) * 2,
+            max_pending,
             pool,
             wrote_member: false,
         })
     }
 
     fn submit_block(&mut self) -> io::Result<()> {
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(gzip::BLOCK));
+        let block = std::mem::take(&mut self.block);
         self.submit(Bytes::from(block))
     }
 
@@ -158,9 +180,12 @@ impl ParallelGzip {
 
 impl Write for ParallelGzip {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(gzip::BLOCK - self.block.len());
+        if self.block.capacity() == 0 {
+            self.block.reserve_exact(self.block_size);
+        }
+        let n = buf.len().min(self.block_size - self.block.len());
         self.block.extend_from_slice(&buf[..n]);
-        if self.block.len() == gzip::BLOCK {
+        if self.block.len() == self.block_size {
             self.submit_block()?;
         }
         Ok(n)
@@ -173,7 +198,7 @@ impl Write for ParallelGzip {
 
 impl FinishWrite for ParallelGzip {
     fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
-        if self.block.is_empty() && chunk.len() == gzip::BLOCK {
+        if self.block.is_empty() && chunk.len() == self.block_size {
             return self.submit(chunk);
         }
         self.write_all(&chunk)
@@ -215,8 +240,12 @@ mod tests {
     }
 
     fn round_trip(compression: &Compression, data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        round_trip_with(compression, &PipelineOptions::default(), data)
+    }
+
+    fn round_trip_with(compression: &Compression, pipeline: &PipelineOptions, data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let out = Arc::new(Mutex::new(Vec::new()));
-        let mut stage = compressor(compression, Box::new(Collect(out.clone()))).unwrap();
+        let mut stage = compressor(compression, pipeline, Box::new(Collect(out.clone()))).unwrap();
         for piece in data.chunks(100_000) {
             stage.write_all(piece).unwrap();
         }
@@ -275,5 +304,34 @@ mod tests {
         assert_eq!(back, data);
         let members = compressed.windows(3).filter(|w| w == &[0x1f, 0x8b, 0x08]).count();
         assert!(members >= 6, "expected at least 6 gzip members, found {members}");
+    }
+
+    fn members(compressed: &[u8]) -> usize {
+        compressed.windows(4).filter(|w| w == &[0x1f, 0x8b, 0x08, 0x04]).count()
+    }
+
+    #[test]
+    fn a_shallow_pipeline_writes_members_of_its_block_size() {
+        let data: Vec<u8> = (0..(3 * gzip::BLOCK as u32 + 17)).map(|i| (i % 251) as u8).collect();
+        let shallow = PipelineOptions::shallow();
+        for workers in [1, 2] {
+            let compression = Compression {
+                workers: Some(workers),
+                ..Compression::gzip(6)
+            };
+            let (compressed, back) = round_trip_with(&compression, &shallow, &data);
+            assert_eq!(back, data, "{workers} workers");
+            // 3 MiB and 17 bytes in 256 KiB blocks: 12 full members and one of 17 bytes.
+            assert_eq!(members(&compressed), 13, "{workers} workers");
+        }
+        // Out-of-range sizes are brought into range rather than refused.
+        let tiny = PipelineOptions {
+            block_size: 1,
+            queued_blocks: 0,
+            pending_compressions: Some(0),
+        };
+        let (compressed, back) = round_trip_with(&Compression::gzip(1), &tiny, &data[..256 * 1024]);
+        assert_eq!(back, &data[..256 * 1024]);
+        assert_eq!(members(&compressed), 4, "64 KiB blocks at the least");
     }
 }

@@ -19,8 +19,9 @@ use libdeflater::{CompressionLvl, Compressor, Decompressor, crc32};
 
 use crate::pool::{Pool, Ticket};
 
-/// Plaintext per member. Each member starts without history, which costs
-/// well under 1% of ratio at 1 MiB.
+/// Plaintext per member in a backup's default pipeline (a backup may choose
+/// other sizes: `PipelineOptions`; readers take any). Each member starts
+/// without history, which costs well under 1% of ratio at 1 MiB.
 pub(crate) const BLOCK: usize = 1024 * 1024;
 
 /// Subfield id of the member index: 'S' 't' for Stowage.

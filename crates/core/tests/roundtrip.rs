@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStoreExt;
 
+use stowage_core::backup::PipelineOptions;
 use stowage_core::testing::{Generated, Pattern};
 use stowage_core::{
     BackupRequest, Compression, Identities, Recipients, RestoreRequest, UploadOptions, backup, restore,
@@ -125,6 +126,59 @@ async fn two_hundred_mib_stream_as_a_multipart_upload_of_many_parts() {
             expected.sha256(),
             "{backend}: restored bytes equal the source"
         );
+    }
+}
+
+/// A slow source's pipeline (resource backups use it): 256 KiB blocks, one read ahead, two
+/// compressing, behind a multipart upload of one part at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shallow_pipeline_round_trips_on_both_backends() {
+    let backends = Backends::start().await;
+    let (identity, recipient) = age_key();
+    // Random data makes three 5 MiB parts; text a single PUT. Not a multiple of the block.
+    let len = (12 << 20) + 4099;
+    for (backend, store) in backends.stores() {
+        for (pattern, compression) in [
+            (Pattern::SqlDump, Compression::gzip(6)),
+            (Pattern::Random, Compression::gzip(1)),
+            (Pattern::SqlDump, Compression::zstd(3)),
+        ] {
+            let key = format!(
+                "shallow/{backend}/{pattern:?}-{}.age",
+                compression.describe().replace(' ', "-")
+            );
+            let mut request = BackupRequest::new(store.clone(), &key, "Test", "shallow pipeline");
+            request.compression = compression;
+            request.recipients = Arc::new(Recipients::parse(std::slice::from_ref(&recipient)).unwrap());
+            request.pipeline = PipelineOptions::shallow();
+            request.upload = UploadOptions {
+                part_size: 5 << 20,
+                parts_in_flight: 1,
+            };
+            let artifact = backup(request, Generated::new(pattern, 11, len))
+                .await
+                .unwrap_or_else(|e| panic!("backup of {key}: {e}"));
+            assert_eq!(artifact.plaintext_bytes, len, "{key}");
+
+            let mut sink = stowage_core::testing::HashingSink::default();
+            let request = RestoreRequest {
+                identities: Arc::new(Identities::parse(&identity).unwrap()),
+                ..RestoreRequest::new(store.clone(), &key)
+            };
+            restore(request, &mut sink)
+                .await
+                .unwrap_or_else(|e| panic!("restore of {key}: {e}"));
+            let mut expected = stowage_core::testing::HashingSink::default();
+            tokio::io::copy(&mut Generated::new(pattern, 11, len), &mut expected)
+                .await
+                .unwrap();
+            assert_eq!(sink.bytes(), len, "{key}");
+            assert_eq!(
+                sink.sha256(),
+                expected.sha256(),
+                "{key}: restored bytes equal the source"
+            );
+        }
     }
 }
 
