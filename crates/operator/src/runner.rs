@@ -111,7 +111,11 @@ where
     F: FnOnce(Arc<Context>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let client = client(args.kubeconfig.as_deref(), args.max_requests_in_flight).await?;
+    let config = config(args.kubeconfig.as_deref()).await?;
+    let client = bounded(config.clone(), args.max_requests_in_flight)?;
+    // The Lease is renewed over a client of its own: behind a tick's thousands of writes
+    // waiting their turn, a renewal could come too late and cost the leadership.
+    let lease_client = kube::Client::try_from(config)?;
     let metrics = Arc::new(Metrics::new().context("registering metrics")?);
     let state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -158,7 +162,7 @@ where
             lease_duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
         };
         tracing::info!(lease = %election.lease_name, namespace = %election.namespace, "waiting for leadership");
-        match election.acquire(&client, &shutdown).await? {
+        match election.acquire(&lease_client, &shutdown).await? {
             Some(leadership) => Some(leadership),
             None => {
                 return Ok(());
@@ -193,11 +197,13 @@ where
 }
 
 /// A client from `kubeconfig`, else the usual inference (KUBECONFIG, ~/.kube/config, in-cluster),
-/// with at most `in_flight` requests awaiting their answer at once. A request holds its place
-/// until the answer's headers arrive: watches, log streams and upgraded exec connections
-/// then go on without one.
+/// with at most `in_flight` requests awaiting their answer at once.
 pub async fn client(kubeconfig: Option<&std::path::Path>, in_flight: u16) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    bounded(config(kubeconfig).await?, in_flight)
+}
+
+async fn config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -206,7 +212,12 @@ pub async fn client(kubeconfig: Option<&std::path::Path>, in_flight: u16) -> any
         None => kube::Config::infer()
             .await
             .context("finding a Kubernetes configuration")?,
-    };
+    })
+}
+
+/// A request holds its place until its answer's headers arrive: watches, log streams and
+/// upgraded exec connections then go on without one.
+fn bounded(config: kube::Config, in_flight: u16) -> anyhow::Result<kube::Client> {
     let limit = tower::limit::ConcurrencyLimitLayer::new(usize::from(in_flight));
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&limit)
