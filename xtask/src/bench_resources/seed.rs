@@ -95,7 +95,8 @@ impl Bench {
         Ok(())
     }
 
-    /// Deletes what the runs created, and with `keep` false the namespaces and their objects.
+    /// Deletes what the runs created, and with `keep` false the namespaces and their objects
+    /// (with `keep`, only the namespaces the restore created objects in).
     pub(super) async fn clean_up(&self, client: &kube::Client, keep: bool) -> anyhow::Result<()> {
         let delete = DeleteParams::background();
         let restores: Api<ResourceRestore> = Api::all(client.clone());
@@ -126,13 +127,12 @@ impl Bench {
             let _ = sets.delete(&format!("{PREFIX}-{name}"), &delete).await;
         }
         let _ = Api::<BackupStorage>::all(client.clone()).delete(PREFIX, &delete).await;
-        if keep {
-            return Ok(());
-        }
-        // The namespace controller deletes the objects in the background.
+        // The namespace controller deletes the objects in the background. The restore's target
+        // namespaces (`…-r`) go even with `keep`: the next run's restore must create every object.
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for namespace in namespaces.list(&Default::default()).await?.items {
-            if let Some(name) = namespace.metadata.name.filter(|n| n.starts_with(PREFIX)) {
+            let ours = |n: &String| n.starts_with(PREFIX) && (!keep || n.ends_with("-r"));
+            if let Some(name) = namespace.metadata.name.filter(ours) {
                 let _ = namespaces.delete(&name, &delete).await;
             }
         }
