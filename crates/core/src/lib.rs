@@ -25,7 +25,7 @@ pub mod template;
 pub mod testing;
 mod upload;
 
-pub use backup::{BackupRequest, Staged, backup, stream_payload};
+pub use backup::{BackupRequest, PipelineOptions, Staged, backup, stream_payload};
 pub use crypt::{Identities, Recipients};
 pub use error::{Error, Result};
 pub use layout::Layout;

@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use object_store::ObjectStoreExt;
 
-use stowage_core::backup::PipelineOptions;
 use stowage_core::testing::{Generated, Pattern};
 use stowage_core::{
-    BackupRequest, Compression, Identities, Recipients, RestoreRequest, UploadOptions, backup, restore,
+    BackupRequest, Compression, Identities, PipelineOptions, Recipients, RestoreRequest, UploadOptions, backup, restore,
 };
 use support::{Backends, RecordingSink, age_key, sha256_hex, ssh_key};
 

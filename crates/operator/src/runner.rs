@@ -216,7 +216,8 @@ async fn config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Co
 }
 
 /// A request holds its place until its answer's headers arrive: watches, log streams and
-/// upgraded exec connections then go on without one.
+/// upgraded exec connections then go on without one. The pool opens a few more connections
+/// than places (one stays busy while its answer's body is read), but no longer one each.
 fn bounded(config: kube::Config, in_flight: u16) -> anyhow::Result<kube::Client> {
     let limit = tower::limit::ConcurrencyLimitLayer::new(usize::from(in_flight));
     Ok(kube::client::ClientBuilder::try_from(config)?
