@@ -130,8 +130,8 @@ impl Bench {
         // The namespace controller deletes the objects in the background. The restore's target
         // namespaces (`…-r`) go even with `keep`: the next run's restore must create every object.
         let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ours = |n: &String| n.starts_with(PREFIX) && (!keep || n.ends_with("-r"));
         for namespace in namespaces.list(&Default::default()).await?.items {
-            let ours = |n: &String| n.starts_with(PREFIX) && (!keep || n.ends_with("-r"));
             if let Some(name) = namespace.metadata.name.filter(ours) {
                 let _ = namespaces.delete(&name, &delete).await;
             }
