@@ -1,7 +1,9 @@
 //! Backup: discover what the cluster serves, list what the ResourceSet selects page by page,
 //! and stream each object into the tar that flows into stowage-core. Nothing touches disk,
 //! and memory holds two pages' response bodies (one written, the next being fetched), one
-//! parsed object, and the deflated index: a few dozen bytes per object.
+//! parsed object, and the deflated index: a few dozen bytes per object. Pages are sized by
+//! bytes, not only by count, so a type of large objects (Helm release Secrets, dashboards in
+//! ConfigMaps) costs no more memory than one of small ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +26,13 @@ use crate::encryption::EncryptionConfig;
 use crate::error::{Error, Result};
 use crate::selector::{ObjectInfo, ResourceType, Selection};
 
-/// Objects per list call (kubectl's default chunk size).
+/// Most objects per list call (kubectl's default chunk size).
 const PAGE_SIZE: u32 = 500;
+/// Objects in a type's first list call, before their size is known: small, because the
+/// objects may be up to 1.5 MiB each (etcd's limit), and most types have fewer anyway.
+const FIRST_PAGE_SIZE: u32 = 16;
+/// The body size the following pages aim at, from the average object of the page before.
+const PAGE_BYTES: usize = 1 << 20;
 /// Buffer between the tar writer and the data path. Small: the data path reads it in blocks
 /// as it fills, and the pipe's buffer, read from the front while written at the back, grows
 /// to two or three times this size (1 MiB held 1.7 to 3.4 MB; 64 KiB saves 2-3 MiB of peak
@@ -173,7 +180,7 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
 ) -> Result<()> {
     let listing = || format!("listing {}", served.resource.qualified_kind());
     let list = kube::core::Request::new(DynamicObject::url_path(&served.api, None));
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let mut params = ListParams::default().limit(FIRST_PAGE_SIZE);
     // The API server leaves out what the labels exclude (a selective backup of a big cluster
     // reads only its part); the selection below still checks every object.
     if let Some(labels) = selection.server_label_selector(&served.resource) {
@@ -201,9 +208,14 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
             source,
         })?;
         if let Some(token) = page.metadata.continue_.as_deref().filter(|token| !token.is_empty()) {
-            // Pages are alike: room for this one's size and an eighth makes one allocation.
-            let expected = body.len() + body.len() / 8;
-            next = Some(fetch(&params.clone().continue_token(token), expected)?);
+            let limit = next_page_size(body.len(), page.items.len());
+            // Objects of a type are alike: room for the next page at this one's average size,
+            // and an eighth, makes one allocation.
+            let expected = body.len() / page.items.len().max(1) * limit as usize;
+            next = Some(fetch(
+                &params.clone().limit(limit).continue_token(token),
+                expected + expected / 8,
+            )?);
         }
         for item in page.items {
             let mut object: DynamicObject = serde_json::from_str(item.get()).map_err(|source| Error::Json {
@@ -236,6 +248,17 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// How many objects the next list call asks for, after a page of `items` objects took
+/// `body_bytes`: about [`PAGE_BYTES`] of them, at least one, at most [`PAGE_SIZE`].
+fn next_page_size(body_bytes: usize, items: usize) -> u32 {
+    let Some(average) = body_bytes.checked_div(items) else {
+        // An empty page that goes on (the API server filtered it out): nothing learnt.
+        return FIRST_PAGE_SIZE;
+    };
+    let fitting = PAGE_BYTES / average.max(1);
+    u32::try_from(fitting).unwrap_or(PAGE_SIZE).clamp(1, PAGE_SIZE)
 }
 
 /// GETs one list page into a buffer with room for `expected` bytes: the body is held once,
@@ -276,4 +299,23 @@ pub(crate) fn is_generated(resource: &ResourceType, object: &DynamicObject) -> b
     resource.group.is_empty()
         && resource.plural == "secrets"
         && object.data["type"].as_str() == Some("kubernetes.io/service-account-token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_hold_about_a_mebibyte_whatever_the_objects_size() {
+        // ConfigMaps of 2 KiB: kubectl's 500 a page.
+        assert_eq!(next_page_size(16 * 2048, 16), PAGE_SIZE);
+        // Helm release Secrets of 200 KiB: five a page, one MiB.
+        assert_eq!(next_page_size(16 * 200 * 1024, 16), 5);
+        // Objects at etcd's 1.5 MiB limit: one at a time, never none.
+        assert_eq!(next_page_size(16 * 1536 * 1024, 16), 1);
+        // Mid-size objects: as many as fit in a MiB.
+        assert_eq!(next_page_size(100 * 10_000, 100), 104);
+        // A page the server left empty teaches nothing: start small again.
+        assert_eq!(next_page_size(120, 0), FIRST_PAGE_SIZE);
+    }
 }
