@@ -20,7 +20,7 @@ mod etcd;
 mod exec;
 #[path = "bench_resources/mod.rs"]
 mod resources;
-#[path = "bench_scheduler.rs"]
+#[path = "bench_scheduler/mod.rs"]
 mod scheduler;
 
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {

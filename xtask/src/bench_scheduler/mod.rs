@@ -19,10 +19,11 @@
 //! beside it, since every run costs the apiserver too.
 //!
 //! Last, with the scheduler stopped, the bench creates as many runs at once itself: the bed's
-//! floor, how fast any controller could create one tick's runs on this machine at this load.
+//! floor, how fast any controller could create one tick's runs on this machine at this load;
+//! then as many ConfigMaps, which shows what part of that floor is the API server's handling
+//! of custom resources.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,9 @@ use stowage_api::{BackupSchedule, ExecBackup};
 use stowage_e2e::bed::{TestBed, wait_for};
 
 use super::{build_release, load_average, target_dir};
+use report::{Distribution, Report};
+
+mod report;
 
 const NAMESPACE: &str = "bench-scheduler";
 
@@ -97,6 +101,8 @@ pub fn run(quick: bool, args: &[String]) -> anyhow::Result<()> {
         eprintln!("measuring the bed alone: {schedules} runs created at once by the bench…");
         let floor = Distribution::new(create_at_once(&client, schedules).await?);
         completer.abort();
+        eprintln!("… and {schedules} ConfigMaps created at once, for comparison…");
+        let config_map_floor = Distribution::new(create_config_maps_at_once(&client, schedules).await?);
 
         let seen: Vec<f64> = lags
             .lock()
@@ -114,6 +120,7 @@ pub fn run(quick: bool, args: &[String]) -> anyhow::Result<()> {
             created: Distribution::new(created),
             seen: Distribution::new(seen),
             floor,
+            config_map_floor,
             samples,
             metrics,
             load: (load_before, load_after),
@@ -230,9 +237,8 @@ async fn complete_runs(client: kube::Client, lags: Lags) -> anyhow::Result<()> {
 async fn create_at_once(client: &kube::Client, count: usize) -> anyhow::Result<Vec<f64>> {
     let api: Api<ExecBackup> = Api::namespaced(client.clone(), NAMESPACE);
     // After the measured ticks, so the completer's lag map leaves these runs out.
-    let start = Utc::now();
-    let scheduled_at = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let creations = (0..count).map(|index| {
+    let scheduled_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    at_once(count, |index| {
         let api = api.clone();
         let scheduled_at = scheduled_at.clone();
         async move {
@@ -244,7 +250,46 @@ async fn create_at_once(client: &kube::Client, count: usize) -> anyhow::Result<V
                     "template": {"spec": {"containers": [{"name": "c", "image": "debian:12"}]}}},
             }))?;
             api.create(&PostParams::default(), &run).await?;
-            anyhow::Ok((Utc::now() - start).num_microseconds().unwrap_or(0) as f64 / 1e6)
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// The same with ConfigMaps of the same labels and annotation: what the API server's built-in
+/// types cost, against the custom resources every run is (decoded, pruned and encoded as
+/// JSON maps, whatever their schema: 2-4x a ConfigMap's CPU in the apiserver on this bed).
+async fn create_config_maps_at_once(client: &kube::Client, count: usize) -> anyhow::Result<Vec<f64>> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let scheduled_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    at_once(count, |index| {
+        let api = api.clone();
+        let scheduled_at = scheduled_at.clone();
+        async move {
+            let map = serde_json::from_value(json!({
+                "metadata": {"name": format!("floor-{index:04}"), "labels": {"bench": "floor"},
+                    "annotations": {"stowage.io/scheduled-at": scheduled_at}},
+                "data": {"command": "true", "storage": "nowhere"},
+            }))?;
+            api.create(&PostParams::default(), &map).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Runs `count` creations at once; each one's seconds from the start to its answer.
+async fn at_once<F, Fut>(count: usize, create: F) -> anyhow::Result<Vec<f64>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let start = std::time::Instant::now();
+    let creations = (0..count).map(|index| {
+        let created = create(index);
+        async move {
+            created.await?;
+            anyhow::Ok(start.elapsed().as_secs_f64())
         }
     });
     futures::future::try_join_all(creations).await
@@ -408,15 +453,6 @@ fn scrape(port: u16) -> anyhow::Result<String> {
         .unwrap_or(response))
 }
 
-/// The sum of a metric's samples whose line starts with `prefix` (name and labels).
-fn metric_sum(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// Each run's lag as scheduler-ctrl measured it (tick to the create call's answer), from the
 /// `run created` lines of its JSON log, for ticks in `[first, end)` (run names end in the tick).
 fn created_lags(log: &std::path::Path, first: DateTime<Utc>, end: DateTime<Utc>) -> anyhow::Result<Vec<f64>> {
@@ -443,128 +479,4 @@ fn created_lags(log: &std::path::Path, first: DateTime<Utc>, end: DateTime<Utc>)
         }
     }
     Ok(lags)
-}
-
-/// Sorted lags in seconds.
-struct Distribution(Vec<f64>);
-
-impl Distribution {
-    fn new(mut lags: Vec<f64>) -> Distribution {
-        lags.sort_by(f64::total_cmp);
-        Distribution(lags)
-    }
-
-    /// The nearest-rank quantile.
-    fn quantile(&self, q: f64) -> f64 {
-        if self.0.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
-        self.0[rank - 1]
-    }
-
-    fn row(&self, label: &str) -> String {
-        format!(
-            "| {label} | {} | {:.3} s | {:.3} s | {:.3} s | {:.3} s |",
-            self.0.len(),
-            self.quantile(0.5),
-            self.quantile(0.9),
-            self.quantile(0.99),
-            self.0.last().copied().unwrap_or(f64::NAN)
-        )
-    }
-}
-
-struct Report {
-    schedules: usize,
-    ticks: i64,
-    expected: usize,
-    created: Distribution,
-    seen: Distribution,
-    floor: Distribution,
-    samples: Samples,
-    metrics: String,
-    load: (String, String),
-}
-
-impl Report {
-    fn render(self) -> anyhow::Result<String> {
-        let (cpu, apiserver_cpu, cpu_seconds) = self.samples.average_cpu();
-        let mut rss = self.samples.rss_kib.clone();
-        rss.sort_unstable();
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        // `+ 0.0`: an empty f64 sum is -0.0.
-        let created_total = metric_sum(&self.metrics, "stowage_schedule_runs_created_total{") + 0.0;
-        let skipped = metric_sum(&self.metrics, "stowage_schedule_ticks_skipped_total{") + 0.0;
-        let mut out = String::new();
-        writeln!(
-            out,
-            "Stowage scheduler benchmark: {} BackupSchedules `* * * * *` (ExecBackup runs completed at once, \
-             successfulRunsHistoryLimit 1), {} measured tick(s), release scheduler-ctrl on the test bed, {} cores, \
-             load average {} before and {} after",
-            self.schedules,
-            self.ticks,
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            self.load.0,
-            self.load.1
-        )?;
-        writeln!(
-            out,
-            "\n| lag from tick | runs (expected {}) | p50 | p90 | p99 (target < 1 s) | max |\n|---|---:|---:|---:|---:|---:|",
-            self.expected
-        )?;
-        writeln!(
-            out,
-            "{}",
-            self.created
-                .row("to the run's creation (scheduler-ctrl's clock, each run from its log)")
-        )?;
-        writeln!(
-            out,
-            "{}",
-            self.seen.row("to the run seen by a watch in the bench (upper bound)")
-        )?;
-        writeln!(
-            out,
-            "{}",
-            self.floor.row(
-                "the bed alone, for comparison: as many runs created at once by the bench, no scheduler \
-                 (from the first request to each answer)"
-            )
-        )?;
-        writeln!(out, "\n| scheduler-ctrl (release) | value |\n|---|---:|")?;
-        writeln!(
-            out,
-            "| CPU, average over the measured ticks | {:.1}% of a core ({cpu_seconds:.1} CPU s, {:.2} CPU s per tick) |",
-            cpu * 100.0,
-            cpu_seconds / self.ticks.max(1) as f64
-        )?;
-        writeln!(
-            out,
-            "| CPU, busiest second | {:.0}% of a core |",
-            self.samples.peak_cpu * 100.0
-        )?;
-        writeln!(
-            out,
-            "| RSS, median / peak (VmHWM) | {:.1} MiB / {:.1} MiB |",
-            mib(rss.get(rss.len() / 2).copied().unwrap_or(0)),
-            mib(self.samples.hwm_kib)
-        )?;
-        writeln!(
-            out,
-            "| runs created in its lifetime / ticks skipped | {created_total:.0} / {skipped:.0} |"
-        )?;
-        writeln!(
-            out,
-            "| kube-apiserver CPU over the same window, for context | {:.1}% of a core |",
-            apiserver_cpu * 100.0
-        )?;
-        let met = self.created.quantile(0.99) < 1.0 && self.created.0.len() == self.expected;
-        let verdict = if met { "met" } else { "NOT met" };
-        writeln!(
-            out,
-            "\nTarget p99 < 1 s from tick to creation, every run created: {verdict}."
-        )?;
-        Ok(out)
-    }
 }
