@@ -8,7 +8,8 @@
 //! over 20,000 in two interleaved rounds (best counts); the 20,000 are restored into new
 //! namespaces (every object created); the controller's peak RSS (VmHWM, reset before each run)
 //! is measured for a backup and a restore of 5,000 and of 50,000 objects, each in a fresh
-//! process. Everything the bench creates is deleted at the end.
+//! process, and for a backup of 100 Secrets of 512 KiB (20 with `--quick`), whose list pages
+//! hold one or two of them. Everything the bench creates is deleted at the end.
 //!
 //! `--rss` runs only the peak-RSS measurements (backup and restore of the small batch and of
 //! all objects), for working on the controller's memory; `--keep` leaves the namespaces and
@@ -53,6 +54,8 @@ struct Sizes {
     main: usize,
     /// Objects in the bed; the "large" measurement.
     all: usize,
+    /// Secrets of 512 KiB in a namespace of their own.
+    large: usize,
 }
 
 /// One measured run.
@@ -82,6 +85,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             batch: 500,
             main: 2_000,
             all: 5_000,
+            large: 20,
         }
     } else {
         Sizes {
@@ -89,6 +93,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             batch: 5_000,
             main: 20_000,
             all: 50_000,
+            large: 100,
         }
     };
     let root = crate::deps::workspace_root();
@@ -160,6 +165,7 @@ impl Bench {
         stowage_e2e::crds::apply_crds(client, &stowage_api::crds()).await?;
         ensure_namespace(client, SYSTEM).await?;
         self.populate(client).await?;
+        self.populate_large(client).await?;
         self.setup(client).await?;
         let mut rows = Vec::new();
         let ratio = if self.rss_only {
@@ -192,6 +198,17 @@ impl Bench {
                 ..row
             });
         }
+
+        let controller = self.start_controller()?;
+        eprintln!("  memory: ResourceBackup of {} Secrets of 512 KiB…", sizes.large);
+        let row = self.backup(client, &controller, "large", "large").await?;
+        rows.push(Row {
+            label: format!(
+                "Stowage ResourceBackup, {} Secrets of 512 KiB (as large as Helm's releases)",
+                sizes.large
+            ),
+            ..row
+        });
 
         report(sizes, &rows, ratio)
     }

@@ -59,7 +59,44 @@ impl Bench {
         Ok(())
     }
 
-    /// The storage, the age key Secret and the three ResourceSets.
+    /// Namespace `{PREFIX}-large` with `sizes.large` Secrets of 512 KiB, the size Helm's
+    /// release Secrets reach: the backup of large objects, whose list pages are sized by bytes.
+    pub(super) async fn populate_large(&self, client: &kube::Client) -> anyhow::Result<()> {
+        let namespace = format!("{PREFIX}-large");
+        ensure_namespace(client, &namespace).await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        let there = secrets
+            .list_metadata(&ListParams::default().labels(LABEL))
+            .await?
+            .items
+            .len();
+        eprintln!(
+            "creating {} Secrets of 512 KiB…",
+            self.sizes.large.saturating_sub(there)
+        );
+        let apply = PatchParams::apply("stowage-bench").force();
+        for i in there..self.sizes.large {
+            let name = format!("release-v{i}");
+            // Text that compresses as a gzipped, base64-encoded Helm release does: not at all.
+            let mut state = i as u64 + 1;
+            let value: String = (0..512 * 1024)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(
+                        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(state % 64) as usize],
+                    )
+                })
+                .collect();
+            let secret: Secret = serde_json::from_value(json!({"metadata": {"name": name,
+                "labels": {LABEL: "large"}}, "stringData": {"release": value}}))?;
+            secrets.patch(&name, &apply, &Patch::Apply(&secret)).await?;
+        }
+        Ok(())
+    }
+
+    /// The storage, the age key Secret and the four ResourceSets.
     pub(super) async fn setup(&self, client: &kube::Client) -> anyhow::Result<()> {
         let sizes = &self.sizes;
         let apply = PatchParams::apply("stowage-bench").force();
@@ -92,6 +129,13 @@ impl Bench {
                 .patch(&format!("{PREFIX}-{name}"), &apply, &Patch::Apply(&set))
                 .await?;
         }
+        let large: ResourceSet = serde_json::from_value(json!({
+            "apiVersion": "stowage.io/v1alpha1", "kind": "ResourceSet", "metadata": {"name": format!("{PREFIX}-large")},
+            "spec": {"resourceSelectors": [{"apiVersion": "v1", "kinds": ["Secret"], "namespaces": [format!("{PREFIX}-large")]}]},
+        }))?;
+        Api::<ResourceSet>::all(client.clone())
+            .patch(&format!("{PREFIX}-large"), &apply, &Patch::Apply(&large))
+            .await?;
         Ok(())
     }
 
@@ -123,7 +167,7 @@ impl Bench {
                 let _ = backups.delete(&name, &delete).await;
             }
         }
-        for name in ["small", "main", "all"] {
+        for name in ["small", "main", "all", "large"] {
             let _ = sets.delete(&format!("{PREFIX}-{name}"), &delete).await;
         }
         let _ = Api::<BackupStorage>::all(client.clone()).delete(PREFIX, &delete).await;
