@@ -33,6 +33,10 @@ const PAGE_SIZE: u32 = 500;
 const FIRST_PAGE_SIZE: u32 = 16;
 /// The body size the following pages aim at, from the average object of the page before.
 const PAGE_BYTES: usize = 1 << 20;
+/// A page's body is read no further than this while it holds more than one object: the
+/// type's objects turned large (small Secrets, then Helm's releases), and the page is asked
+/// for again, one object at a time.
+const MAX_PAGE_BYTES: usize = 8 * PAGE_BYTES;
 /// Buffer between the tar writer and the data path. Small: the data path reads it in blocks
 /// as it fills, and the pipe's buffer, read from the front while written at the back, grows
 /// to two or three times this size (1 MiB held 1.7 to 3.4 MB; 64 KiB saves 2-3 MiB of peak
@@ -188,34 +192,54 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
     }
     // The next page is fetched while this one is written: the API server and the data path
     // work at the same time.
-    let fetch = |params: &ListParams, expected: usize| -> Result<AbortOnDrop<kube::Result<Vec<u8>>>> {
+    let fetch = |params: &ListParams, expected: usize| -> Result<AbortOnDrop<kube::Result<Fetched>>> {
         let request = list
             .list(params)
             .map_err(|e| Error::kube(listing(), kube::Error::BuildRequest(e)))?;
-        Ok(AbortOnDrop(tokio::spawn(fetch_page(client.clone(), request, expected))))
+        let cap = (params.limit != Some(1)).then_some(MAX_PAGE_BYTES);
+        Ok(AbortOnDrop(tokio::spawn(fetch_page(
+            client.clone(),
+            request,
+            expected,
+            cap,
+        ))))
     };
-    let mut next = Some(fetch(&params, 0)?);
-    while let Some(mut pending) = next.take() {
-        let body = (&mut pending.0)
+    // After a page outgrew its cap, page sizes start again from one object and at most double
+    // from page to page, so that one overflow is the only wasted transfer.
+    let mut ceiling: Option<u32> = None;
+    let mut next = Some((params.clone(), fetch(&params, 0)?));
+    while let Some((asked, mut pending)) = next.take() {
+        let fetched = (&mut pending.0)
             .await
             .map_err(|e| Error::Io {
                 what: listing(),
                 source: std::io::Error::other(e),
             })?
             .map_err(|e| Error::kube(listing(), e))?;
+        let Fetched::Page(body) = fetched else {
+            // Far larger objects than the page before's: the same page again (its continue
+            // token is still good), one object at a time, and sizes learnt from there.
+            tracing::debug!(kind = %served.resource.qualified_kind(), "list page over {MAX_PAGE_BYTES} bytes: asking for one object");
+            ceiling = Some(1);
+            let one = asked.limit(1);
+            next = Some((one.clone(), fetch(&one, PAGE_BYTES)?));
+            continue;
+        };
         let page: Page = serde_json::from_slice(&body).map_err(|source| Error::Json {
             what: listing(),
             source,
         })?;
         if let Some(token) = page.metadata.continue_.as_deref().filter(|token| !token.is_empty()) {
-            let limit = next_page_size(body.len(), page.items.len());
+            let mut limit = next_page_size(body.len(), page.items.len());
+            if let Some(last) = ceiling {
+                limit = limit.min(last.saturating_mul(2));
+                ceiling = (limit < PAGE_SIZE).then_some(limit);
+            }
             // Objects of a type are alike: room for the next page at this one's average size,
             // and an eighth, makes one allocation.
             let expected = body.len() / page.items.len().max(1) * limit as usize;
-            next = Some(fetch(
-                &params.clone().limit(limit).continue_token(token),
-                expected + expected / 8,
-            )?);
+            let following = params.clone().limit(limit).continue_token(token);
+            next = Some((following.clone(), fetch(&following, expected + expected / 8)?));
         }
         for item in page.items {
             let mut object: DynamicObject = serde_json::from_str(item.get()).map_err(|source| Error::Json {
@@ -261,15 +285,31 @@ fn next_page_size(body_bytes: usize, items: usize) -> u32 {
     u32::try_from(fitting).unwrap_or(PAGE_SIZE).clamp(1, PAGE_SIZE)
 }
 
+/// A list page's body, or word that it outgrew its cap.
+enum Fetched {
+    Page(Vec<u8>),
+    TooLarge,
+}
+
 /// GETs one list page into a buffer with room for `expected` bytes: the body is held once,
 /// where `Client::request_text` holds its frames, a joined copy and a `String` copy at once.
-async fn fetch_page(client: kube::Client, request: http::Request<Vec<u8>>, expected: usize) -> kube::Result<Vec<u8>> {
+/// A successful answer longer than `cap` is dropped unread (its connection closes).
+async fn fetch_page(
+    client: kube::Client,
+    request: http::Request<Vec<u8>>,
+    expected: usize,
+    cap: Option<usize>,
+) -> kube::Result<Fetched> {
     let response = client.send(request.map(kube::client::Body::from)).await?;
     let status = response.status();
+    let cap = cap.filter(|_| status.is_success()).unwrap_or(usize::MAX);
     let mut body = response.into_body();
-    let mut bytes = Vec::with_capacity(expected);
+    let mut bytes = Vec::with_capacity(expected.min(cap));
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
+            if bytes.len() + data.len() > cap {
+                return Ok(Fetched::TooLarge);
+            }
             bytes.extend_from_slice(&data);
         }
     }
@@ -281,7 +321,7 @@ async fn fetch_page(client: kube::Client, request: http::Request<Vec<u8>>, expec
         });
         return Err(kube::Error::Api(status.boxed()));
     }
-    Ok(bytes)
+    Ok(Fetched::Page(bytes))
 }
 
 /// A page being fetched; the fetch stops when the backup does.

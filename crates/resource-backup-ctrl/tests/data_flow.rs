@@ -308,27 +308,31 @@ async fn label_selectors_are_applied_by_the_api_server_and_checked_again() -> an
 }
 
 #[tokio::test]
-async fn large_objects_are_listed_a_few_a_page_and_all_come_back() -> anyhow::Result<()> {
+async fn large_objects_after_small_ones_are_listed_a_few_a_page_and_all_come_back() -> anyhow::Result<()> {
     let bed = bed().await?;
     let s3 = S3Server::start("backups").await?;
     bed.with_namespace("rbk-large", |client, ns| async move {
-        // Twenty ConfigMaps of 600 KiB, as Helm releases or dashboards make them: the first
-        // page takes 16, the next ones one at a time (a MiB a page), over continue tokens.
+        // Forty small ConfigMaps, then twenty of 600 KiB, as Helm releases or dashboards make
+        // them: the first page takes 16 small ones, the next one is asked for 500 and outgrows
+        // its cap with the large ones, and is asked for again one object at a time.
         let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let content = |i: usize| -> String {
+        let content = |i: usize, bytes: usize| -> String {
             (0..)
                 .map(|line| format!("map {i} line {line}\n"))
                 .flat_map(|line| line.into_bytes())
-                .take(600 << 10)
+                .take(bytes)
                 .map(char::from)
                 .collect()
         };
-        for i in 0..20 {
-            let name = format!("large-{i:02}");
+        let maps: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("a-small-{i:02}"), content(i, 200)))
+            .chain((0..20).map(|i| (format!("large-{i:02}"), content(i, 600 << 10))))
+            .collect();
+        for (name, data) in &maps {
             let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "labels": {"size": "large"}}, "data": {"content": content(i)}});
+                "metadata": {"name": name, "labels": {"size": "large"}}, "data": {"content": data}});
             config_maps
-                .patch(&name, &PatchParams::apply("rbk-test"), &Patch::Apply(&object))
+                .patch(name, &PatchParams::apply("rbk-test"), &Patch::Apply(&object))
                 .await?;
         }
         let set: stowage_api::resource_set::ResourceSetSpec = serde_json::from_value(json!({
@@ -338,7 +342,7 @@ async fn large_objects_are_listed_a_few_a_page_and_all_come_back() -> anyhow::Re
         let path = format!("large/{ns}.tar.gz");
         let request = BackupRequest::new(s3.store(), &path, "ResourceBackup", format!("test {ns}"));
         let outcome = backup::run(&client, &set, None, request, &backup::Progress::default()).await?;
-        assert_eq!(outcome.summary.objects, 20, "{:?}", outcome.summary);
+        assert_eq!(outcome.summary.objects, 60, "{:?}", outcome.summary);
 
         config_maps
             .delete_collection(&DeleteParams::default(), &ListParams::default().labels("size=large"))
@@ -351,11 +355,11 @@ async fn large_objects_are_listed_a_few_a_page_and_all_come_back() -> anyhow::Re
         let source = Source::new(s3.store(), &path, Identities::none());
         let report = restore::run(&client, &source, None, &options(), &restore::Progress::default()).await?;
         assert!(report.failures.is_empty(), "{:?}", report.failures);
-        assert_eq!(report.counts.created, 20, "{:?}", report.counts);
-        for i in 0..20 {
-            let restored = config_maps.get(&format!("large-{i:02}")).await?;
+        assert_eq!(report.counts.created, 60, "{:?}", report.counts);
+        for (name, content) in &maps {
+            let restored = config_maps.get(name).await?;
             let data = restored.data.unwrap_or_default();
-            assert!(data.get("content") == Some(&content(i)), "large-{i:02} came back whole");
+            assert!(data.get("content") == Some(content), "{name} came back whole");
         }
         Ok(())
     })
