@@ -189,8 +189,7 @@ async fn a_run_deleted_while_its_controller_was_down_is_cancelled_when_a_control
             Ok(list.items.is_empty().then_some(()))
         })
         .await?;
-        let reasons = event_reasons(&client, &ns, "orphaned").await?;
-        assert!(reasons.contains(&"BackupCancelled".into()), "{reasons:?}");
+        wait_events(&client, &ns, "orphaned", &["BackupCancelled"]).await?;
         assert_eq!(files_under(&store), Vec::<std::path::PathBuf>::new());
         Ok(())
     })

@@ -87,11 +87,7 @@ async fn a_command_is_streamed_through_gzip_and_age_and_restored_into_stdin() {
         assert_eq!(plain, expected);
         assert!(store.join(&artifact.artifact.manifest_path).exists());
 
-        let reasons = event_reasons(&client, &ns, "nightly").await?;
-        assert!(
-            reasons.contains(&"BackupStarted".into()) && reasons.contains(&"BackupSucceeded".into()),
-            "{reasons:?}"
-        );
+        wait_events(&client, &ns, "nightly", &["BackupStarted", "BackupSucceeded"]).await?;
         wait_for("the backup's Pod to be deleted", || async {
             let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
             Ok(pods
@@ -115,8 +111,7 @@ async fn a_command_is_streamed_through_gzip_and_age_and_restored_into_stdin() {
         assert_eq!(status.phase, ExecPhase::Succeeded, "{status:#?}");
         assert_eq!(std::fs::read(out.join("restored"))?, expected);
         assert_eq!(status.bytes_transferred, Some(expected.len() as u64));
-        let reasons = event_reasons(&client, &ns, "from-nightly").await?;
-        assert!(reasons.contains(&"RestoreSucceeded".into()), "{reasons:?}");
+        wait_events(&client, &ns, "from-nightly", &["RestoreSucceeded"]).await?;
         Ok(())
     })
     .await
@@ -300,8 +295,7 @@ async fn failing_commands_deadlines_and_bad_specs_fail_with_their_reason_and_lea
             "{failed:#?}"
         );
         assert!(failed.artifact.is_none());
-        let reasons = event_reasons(&client, &ns, "exits-1").await?;
-        assert!(reasons.contains(&"BackupFailed".into()), "{reasons:?}");
+        wait_events(&client, &ns, "exits-1", &["BackupFailed"]).await?;
 
         let slow = finished_backup(&client, &ns, "too-slow").await?.status.unwrap();
         assert_eq!(condition(&slow.conditions, "Failed").1, "DeadlineExceeded", "{slow:#?}");
