@@ -230,11 +230,8 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
             source,
         })?;
         if let Some(token) = page.metadata.continue_.as_deref().filter(|token| !token.is_empty()) {
-            let mut limit = next_page_size(body.len(), page.items.len());
-            if let Some(last) = ceiling {
-                limit = limit.min(last.saturating_mul(2));
-                ceiling = (limit < PAGE_SIZE).then_some(limit);
-            }
+            let limit;
+            (limit, ceiling) = next_page_size(body.len(), page.items.len(), ceiling);
             // Objects of a type are alike: room for the next page at this one's average size,
             // and an eighth, makes one allocation.
             let expected = body.len() / page.items.len().max(1) * limit as usize;
@@ -275,14 +272,25 @@ async fn write_resource<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// How many objects the next list call asks for, after a page of `items` objects took
-/// `body_bytes`: about [`PAGE_BYTES`] of them, at least one, at most [`PAGE_SIZE`].
-fn next_page_size(body_bytes: usize, items: usize) -> u32 {
-    let Some(average) = body_bytes.checked_div(items) else {
+/// `body_bytes`: about [`PAGE_BYTES`] of them, at least one, at most [`PAGE_SIZE`]. After an
+/// overflow a `ceiling` (the last page's size) holds: the next page is at most twice as large,
+/// so that objects which turned large do not get a page sized for the small ones again. The
+/// ceiling lifts once pages reach [`PAGE_SIZE`]. Returns the size and the next ceiling.
+fn next_page_size(body_bytes: usize, items: usize, ceiling: Option<u32>) -> (u32, Option<u32>) {
+    let fitting = match body_bytes.checked_div(items) {
+        Some(average) => u32::try_from(PAGE_BYTES / average.max(1))
+            .unwrap_or(PAGE_SIZE)
+            .clamp(1, PAGE_SIZE),
         // An empty page that goes on (the API server filtered it out): nothing learnt.
-        return FIRST_PAGE_SIZE;
+        None => FIRST_PAGE_SIZE,
     };
-    let fitting = PAGE_BYTES / average.max(1);
-    u32::try_from(fitting).unwrap_or(PAGE_SIZE).clamp(1, PAGE_SIZE)
+    match ceiling {
+        None => (fitting, None),
+        Some(last) => {
+            let limit = fitting.min(last.saturating_mul(2));
+            (limit, (limit < PAGE_SIZE).then_some(limit))
+        }
+    }
 }
 
 /// A list page's body, or word that it outgrew its cap.
@@ -347,15 +355,43 @@ mod tests {
 
     #[test]
     fn pages_hold_about_a_mebibyte_whatever_the_objects_size() {
+        let size = |body_bytes, items| next_page_size(body_bytes, items, None);
         // ConfigMaps of 2 KiB: kubectl's 500 a page.
-        assert_eq!(next_page_size(16 * 2048, 16), PAGE_SIZE);
+        assert_eq!(size(16 * 2048, 16), (PAGE_SIZE, None));
         // Helm release Secrets of 200 KiB: five a page, one MiB.
-        assert_eq!(next_page_size(16 * 200 * 1024, 16), 5);
+        assert_eq!(size(16 * 200 * 1024, 16), (5, None));
         // Objects at etcd's 1.5 MiB limit: one at a time, never none.
-        assert_eq!(next_page_size(16 * 1536 * 1024, 16), 1);
+        assert_eq!(size(16 * 1536 * 1024, 16), (1, None));
         // Mid-size objects: as many as fit in a MiB.
-        assert_eq!(next_page_size(100 * 10_000, 100), 104);
+        assert_eq!(size(100 * 10_000, 100), (104, None));
         // A page the server left empty teaches nothing: start small again.
-        assert_eq!(next_page_size(120, 0), FIRST_PAGE_SIZE);
+        assert_eq!(size(120, 0), (FIRST_PAGE_SIZE, None));
+    }
+
+    #[test]
+    fn after_an_overflow_pages_at_most_double_until_they_reach_the_largest() {
+        // Small Secrets overflowed; from one object a page, sizes double while the objects
+        // stay small (what fits in a MiB would be 500 at once).
+        let small = 2048;
+        let mut ceiling = Some(1);
+        let mut sizes = Vec::new();
+        let mut items = 1;
+        while ceiling.is_some() {
+            let limit;
+            (limit, ceiling) = next_page_size(items * small, items, ceiling);
+            sizes.push(limit);
+            items = limit as usize;
+        }
+        assert_eq!(sizes, [2, 4, 8, 16, 32, 64, 128, 256, PAGE_SIZE]);
+        // Objects of 600 KiB under a ceiling of 16: what fits in a MiB, and the ceiling
+        // follows it down.
+        assert_eq!(next_page_size(16 * 600 * 1024, 16, Some(16)), (1, Some(1)));
+        // A page the server left empty under a ceiling: the smaller of a first page and twice
+        // the last.
+        assert_eq!(next_page_size(120, 0, Some(4)), (8, Some(8)));
+        assert_eq!(
+            next_page_size(120, 0, Some(64)),
+            (FIRST_PAGE_SIZE, Some(FIRST_PAGE_SIZE))
+        );
     }
 }
