@@ -18,6 +18,7 @@ use stowage_core::testing::{Generated, Pattern, filesystem_spec};
 use stowage_core::{Algorithm, Compression, Credentials, Layout, Progress, Recipients};
 use stowage_etcd_backup_ctrl::backup::{self, BackupPlan, snapshot_extension};
 use stowage_etcd_backup_ctrl::{EtcdTarget, snapshot::install_crypto_provider};
+use tokio_util::sync::CancellationToken;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -126,7 +127,7 @@ async fn backup(args: &Args, endpoint: String) -> Result<(), AnyError> {
         endpoints: vec![endpoint],
         tls: None,
     };
-    let outcome = backup::run(plan, &target, "bench").await?;
+    let outcome = backup::run(plan, &target, "bench", &CancellationToken::new()).await?;
     println!(
         "{}",
         serde_json::json!({

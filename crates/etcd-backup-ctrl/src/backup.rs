@@ -10,6 +10,8 @@ use std::sync::atomic::Ordering;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use stowage_core::{Artifact, BackupRequest, Compression, Progress, Recipients, Staged, stream_payload};
+use stowage_operator::cancel::CancellableRead;
+use tokio_util::sync::CancellationToken;
 
 use crate::certs;
 use crate::error::{Error, Result};
@@ -129,23 +131,45 @@ pub fn certs_key(snapshot_key: &str, compression: &Compression, encrypted: bool)
 }
 
 /// Checks the certificate directory, chooses a member, and stores its snapshot (and the
-/// certificates).
-pub async fn run(plan: BackupPlan, target: &EtcdTarget, name: &str) -> Result<BackupOutcome> {
+/// certificates). Once `cancel` fires (the EtcdBackup was deleted, the controller stops) the
+/// backup stops where it is: the streams fail, core aborts their uploads, nothing is committed.
+pub async fn run(
+    plan: BackupPlan,
+    target: &EtcdTarget,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<BackupOutcome> {
     if let Some((dir, _)) = &plan.certs {
         certs::check_dir(dir)?;
     }
-    let member = target.choose_member().await?;
-    tracing::info!(endpoint = %member.endpoint, revision = member.revision, "snapshotting etcd member");
-    let snapshot = target.snapshot(member).await?;
-    store(plan, snapshot, name).await
+    let snapshot = tokio::select! {
+        snapshot = async {
+            let member = target.choose_member().await?;
+            tracing::info!(endpoint = %member.endpoint, revision = member.revision, "snapshotting etcd member");
+            target.snapshot(member).await
+        } => snapshot?,
+        () = cancel.cancelled() => return Err(Error::Cancelled),
+    };
+    store(plan, snapshot, name, cancel).await
 }
 
 /// Stores an open snapshot (and the certificates): both payloads first, then the manifests.
-/// A snapshot whose checksum does not match is never committed.
-pub async fn store(plan: BackupPlan, snapshot: Snapshot, name: &str) -> Result<BackupOutcome> {
+/// A snapshot whose checksum does not match is never committed, nor one cancelled before its
+/// manifest.
+pub async fn store(
+    plan: BackupPlan,
+    snapshot: Snapshot,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<BackupOutcome> {
     let reader = SnapshotReader::new(snapshot.stream);
     let verified = reader.verified();
-    let staged = stream_payload(request(&plan, &plan.snapshot_key, plan.progress.clone()), reader).await?;
+    let snapshot_request = request(&plan, &plan.snapshot_key, plan.progress.clone());
+    let staged = stream_payload(snapshot_request, CancellableRead::new(reader, cancel.clone())).await;
+    let staged = match staged {
+        Err(_) if cancel.is_cancelled() => return Err(Error::Cancelled),
+        staged => staged?,
+    };
     if !verified.load(Ordering::Acquire) {
         discard(staged).await;
         return Err(Error::Integrity(
@@ -156,16 +180,30 @@ pub async fn store(plan: BackupPlan, snapshot: Snapshot, name: &str) -> Result<B
     let member = snapshot.member;
     let certs = match &plan.certs {
         Some((dir, key)) => {
-            match stream_payload(request(&plan, key, Progress::default()), certs::tar_stream(dir.clone())).await {
+            let tar = CancellableRead::new(certs::tar_stream(dir.clone()), cancel.clone());
+            match stream_payload(request(&plan, key, Progress::default()), tar).await {
                 Ok(certs) => Some(certs),
                 Err(error) => {
                     discard(staged).await;
-                    return Err(error.into());
+                    return Err(if cancel.is_cancelled() {
+                        Error::Cancelled
+                    } else {
+                        error.into()
+                    });
                 }
             }
         }
         None => None,
     };
+    // Deleted while the payloads were staged: nothing is committed (a manifest would make a
+    // catalog entry of a backup its user no longer wants).
+    if cancel.is_cancelled() {
+        discard(staged).await;
+        if let Some(certs) = certs {
+            discard(certs).await;
+        }
+        return Err(Error::Cancelled);
+    }
     let details = EtcdDetails {
         content: SNAPSHOT.into(),
         backup: name.to_string(),

@@ -1,15 +1,17 @@
 //! Wiring: the controller's context and its watch. EtcdBackups are reconciled when their
 //! generation changes or their deletion starts, never because of their own status writes,
 //! so a failed attempt waits for its backoff instead of being retried by its status patch.
+//! The same watch tells a running backup that its object was deleted (`stowage_operator::cancel`).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt as _;
 use kube::api::{Api, ListParams};
-use kube::runtime::{Controller, WatchStreamExt as _, reflector, watcher};
+use kube::runtime::{Controller, WatchStreamExt as _, watcher};
 use stowage_api::EtcdBackup;
 use stowage_operator::Context;
+use stowage_operator::cancel;
 
 use crate::metrics::EtcdMetrics;
 
@@ -62,20 +64,21 @@ pub async fn run(ctx: Arc<EtcdContext>) -> anyhow::Result<()> {
     backups.list(&ListParams::default().limit(1)).await.map_err(|error| {
         anyhow::anyhow!("listing EtcdBackups failed ({error}): is the CRD installed (deploy/crds)?")
     })?;
-    let (reader, writer) = reflector::store();
     let mut config = watcher::Config::default();
+    // Tests share a cluster through this selector. An object whose label is removed leaves
+    // the watch as if deleted, so its run is cancelled: it is no longer this controller's.
     if let Some(selector) = &ctx.selector {
         config = config.labels(selector);
     }
-    let stream = watcher(backups, config)
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(trigger, Default::default())
-        .boxed();
-    let controller = Controller::for_stream(stream, reader);
+    // The registry sees every event, deletions included, before the trigger filter.
+    let (stream, store, runs) = cancel::watch(backups, config);
+    let stream = stream.predicate_filter(trigger, Default::default()).boxed();
+    let controller = Controller::for_stream(stream, store);
     let shutdown = ctx.kit.shutdown.clone();
-    stowage_operator::run_controller(controller, ctx, shutdown, crate::reconcile::reconcile).await;
+    stowage_operator::run_controller(controller, ctx, shutdown, move |backup, ctx| {
+        crate::reconcile::reconcile(backup, ctx, runs.clone())
+    })
+    .await;
     Ok(())
 }
 

@@ -33,6 +33,11 @@ pub enum Error {
     #[error("certsDir {path}: {reason}")]
     CertsDir { path: String, reason: String },
 
+    /// The backup was stopped before it was committed: its EtcdBackup was deleted, or the
+    /// controller is stopping.
+    #[error("the backup was stopped before it was committed; its uploads were aborted and nothing was stored")]
+    Cancelled,
+
     /// The data path (compression, encryption, upload, manifest) failed.
     #[error(transparent)]
     Core(#[from] stowage_core::Error),
@@ -52,6 +57,7 @@ impl Error {
             Error::Snapshot { .. } => "SnapshotFailed",
             Error::Integrity(_) => "IntegrityError",
             Error::CertsDir { .. } => "CertsDirNotFound",
+            Error::Cancelled => "Cancelled",
             Error::Core(core) => match source_error(core) {
                 Some(ours) => ours.reason(),
                 None => core.reason(),
@@ -64,7 +70,7 @@ impl Error {
     /// certsDir and an invalid spec wait for the user.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::InvalidCredentials(_) | Error::CertsDir { .. } => false,
+            Error::InvalidCredentials(_) | Error::CertsDir { .. } | Error::Cancelled => false,
             Error::Unreachable(_)
             | Error::Tls(_)
             | Error::Unhealthy(_)

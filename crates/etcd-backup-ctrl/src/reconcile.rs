@@ -14,6 +14,7 @@ use serde_json::json;
 use stowage_api::etcd_backup::{EtcdBackupProgress, RetainPolicy};
 use stowage_api::{ArtifactStatus, EtcdBackup, EtcdBackupPhase, EtcdBackupStatus};
 use stowage_core::{Progress, catalog, human_bytes};
+use stowage_operator::cancel::{Registry, Stop};
 use stowage_operator::conditions::{self, to_time};
 use stowage_operator::finalizer;
 use stowage_operator::{Error as KitError, resolve_storage};
@@ -29,8 +30,12 @@ pub const READY: &str = "Ready";
 /// How often a running backup writes its progress into status.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Reconciles one EtcdBackup.
-pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<EtcdContext>) -> Result<Action, KitError> {
+/// Reconciles one EtcdBackup. `runs` cancels a running backup whose object is deleted.
+pub async fn reconcile(
+    backup: Arc<EtcdBackup>,
+    ctx: Arc<EtcdContext>,
+    runs: Registry<EtcdBackup>,
+) -> Result<Action, KitError> {
     let name = backup
         .metadata
         .name
@@ -56,7 +61,7 @@ pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<EtcdContext>) -> Result
     match status.phase {
         EtcdBackupPhase::Succeeded => Ok(Action::await_change()),
         EtcdBackupPhase::Failed if !changed_since(&status) => Ok(Action::await_change()),
-        _ => attempt(&backup, &name, &api, &ctx, status).await,
+        _ => attempt(&backup, &name, &api, &ctx, status, &runs).await,
     }
 }
 
@@ -67,6 +72,7 @@ async fn attempt(
     api: &Api<EtcdBackup>,
     ctx: &EtcdContext,
     mut status: EtcdBackupStatus,
+    runs: &Registry<EtcdBackup>,
 ) -> Result<Action, KitError> {
     let kit = &ctx.kit;
     match status.phase {
@@ -96,6 +102,8 @@ async fn attempt(
         Err(error) => return fail(backup, name, api, ctx, status, error, None).await,
     };
     let generation = backup.metadata.generation;
+    // Registered before the run starts, so a deletion at any moment from here on cancels it.
+    let cancel = runs.register(backup, &kit.shutdown);
     status.phase = EtcdBackupPhase::Running;
     status.start_time = Some(to_time(now));
     status.completion_time = None;
@@ -122,36 +130,81 @@ async fn attempt(
     in_progress.inc();
     let started = Instant::now();
     let ticker = tokio::spawn(report_progress(api.clone(), name.to_string(), plan.progress.clone()));
-    let result = backup::run(plan, &target, name).await;
+    let result = backup::run(plan, &target, name, &cancel.token()).await;
     ticker.abort();
     let _ = ticker.await;
     in_progress.dec();
-    match result {
-        Ok(outcome) => {
-            succeed(
-                backup,
-                name,
-                api,
-                ctx,
-                status,
-                &storage.name,
-                outcome,
-                started.elapsed(),
-            )
-            .await
+    let stop = match &result {
+        Ok(_) => cancel.stop(),
+        Err(_) => cancel.stop_after_failure(api, backup).await,
+    };
+    drop(cancel);
+    let elapsed = started.elapsed();
+    match (result, stop) {
+        // A backup that committed before its deletion was seen keeps its artifact, and the
+        // finalizer then does what its retainPolicy says.
+        (Ok(outcome), _) => succeed(backup, name, api, ctx, status, &storage.name, outcome, elapsed).await,
+        (Err(error), Some(Stop::Deleted)) => {
+            // Failed on its own before the cancellation reached it: say how, too.
+            let failure = (!matches!(error, crate::error::Error::Cancelled)).then(|| error.to_string());
+            cancelled(backup, name, api, ctx, status, failure, elapsed).await
         }
-        Err(error) => {
-            fail(
-                backup,
-                name,
-                api,
-                ctx,
-                status,
-                error.into_kit(),
-                Some(started.elapsed()),
-            )
-            .await
+        (Err(_), Some(Stop::Shutdown)) => {
+            let error = KitError::transient(
+                "Interrupted",
+                "the controller stopped during the backup; its uploads were aborted, and the next controller runs it again",
+            );
+            fail(backup, name, api, ctx, status, error, Some(elapsed)).await
         }
+        (Err(error), None) => fail(backup, name, api, ctx, status, error.into_kit(), Some(elapsed)).await,
+    }
+}
+
+/// A backup stopped because its EtcdBackup was deleted: the status while the object still
+/// exists (the finalizer holds it), an Event, then the finalizer's work. Nothing was stored,
+/// so the deletion does not wait for a snapshot nobody wants.
+async fn cancelled(
+    backup: &EtcdBackup,
+    name: &str,
+    api: &Api<EtcdBackup>,
+    ctx: &EtcdContext,
+    mut status: EtcdBackupStatus,
+    failure: Option<String>,
+    elapsed: Duration,
+) -> Result<Action, KitError> {
+    let kit = &ctx.kit;
+    let now = kit.now();
+    let message = match failure {
+        None => "the EtcdBackup was deleted during its backup: the snapshot stream was stopped and its uploads aborted; nothing was stored".to_string(),
+        Some(failure) => format!("the EtcdBackup was deleted during its backup, which had failed ({failure}); nothing was stored"),
+    };
+    let message = message.as_str();
+    status.phase = EtcdBackupPhase::Failed;
+    status.progress = None;
+    status.completion_time = Some(to_time(now));
+    let generation = backup.metadata.generation;
+    conditions::set(
+        &mut status.conditions,
+        READY,
+        false,
+        "Cancelled",
+        message,
+        generation,
+        now,
+    );
+    kit.metrics
+        .run_finished(KIND, "Backup", "Cancelled", elapsed.as_secs_f64());
+    // The status first, so whoever sees the Event reads the final phase. Without a finalizer
+    // the object may be gone already, and the Event is the record.
+    match write_status(api, name, &status).await {
+        Ok(()) => {}
+        Err(KitError::Kube(kube::Error::Api(response))) if response.code == 404 => {}
+        Err(error) => return Err(error),
+    }
+    kit.normal(backup, "BackupCancelled", message).await;
+    match api.get_opt(name).await? {
+        Some(current) if current.metadata.deletion_timestamp.is_some() => finalize(&current, api, ctx).await,
+        _ => Ok(Action::await_change()),
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use object_store::ObjectStoreExt as _;
@@ -472,6 +473,87 @@ async fn plain_http_succeeds_and_bad_inputs_fail_with_clear_conditions_and_event
         assert_eq!(status.conditions[0].reason, "CertsDirNotFound");
         let message = wait_for_event(&client, &name, "BackupFailed").await;
         assert!(message.contains("/nonexistent/pki"), "{message}");
+        anyhow::Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so that a failing test
+/// leaves no frozen etcd behind.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_running_backup_stops_it_and_the_deletion_does_not_wait_for_etcd() {
+    let bed = bed().await.unwrap();
+    install_crds(&bed.client()).await;
+    let etcd = EtcdServer::start(EtcdOptions::default()).unwrap();
+    let s3 = S3Server::start("etcd").await.unwrap();
+
+    bed.with_namespace("etcd-cancel", |client, namespace| async move {
+        let _controller = start_controller(&client, &namespace, 2);
+        let storage = create_storage(&client, &namespace, &s3).await;
+        // A member that accepts connections and never answers: the backup waits on it until
+        // its object is deleted.
+        let frozen = Stopped::stop(etcd.pid());
+        let name = create_backup(
+            &client,
+            &namespace,
+            "stuck",
+            json!({"endpoints": [etcd.endpoint()], "storage": {"name": storage}, "retainPolicy": "Delete"}),
+        )
+        .await;
+        wait_for_phase(&client, &name, EtcdBackupPhase::Running).await;
+        let api: Api<EtcdBackup> = Api::all(client.clone());
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+        // Gone while etcd is still frozen: the run was cancelled, not waited for.
+        wait_for(&format!("EtcdBackup {name} to be gone"), || async {
+            Ok(api.get_opt(&name).await?.is_none().then_some(()))
+        })
+        .await
+        .unwrap();
+        let message = wait_for_event(&client, &name, "BackupCancelled").await;
+        // Stopped by the deletion, not by etcd's request timeout (which would name the failure).
+        assert!(
+            message.starts_with("the EtcdBackup was deleted during its backup: the snapshot stream was stopped"),
+            "{message}"
+        );
+        drop(frozen);
+        let prefix = object_store::path::Path::from(format!("etcdbackup/_cluster/{name}"));
+        let stored: Vec<_> = s3.store().list(Some(&prefix)).collect().await;
+        assert!(stored.is_empty(), "{stored:?}");
+
+        // The member thawed, the next backup of it succeeds.
+        let name = create_backup(
+            &client,
+            &namespace,
+            "after",
+            json!({"endpoints": [etcd.endpoint()], "storage": {"name": storage}}),
+        )
+        .await;
+        wait_for_phase(&client, &name, EtcdBackupPhase::Succeeded).await;
         anyhow::Ok(())
     })
     .await

@@ -18,6 +18,12 @@ use stowage_core::{Compression, Identities, Progress, Recipients, RestoreRequest
 use stowage_e2e::etcd::{EtcdOptions, EtcdServer};
 use stowage_etcd_backup_ctrl::backup::{self, BackupPlan, EtcdDetails};
 use stowage_etcd_backup_ctrl::{EtcdTarget, TlsPem};
+use tokio_util::sync::CancellationToken;
+
+/// A backup outside any controller: nothing cancels it.
+fn never() -> CancellationToken {
+    CancellationToken::new()
+}
 
 const KEYS: usize = 1000;
 
@@ -83,9 +89,14 @@ async fn a_plain_http_snapshot_restores_with_the_stock_tool_at_the_same_revision
         tls: None,
     };
 
-    let outcome = backup::run(plan(s3.store(), key, None, Recipients::default()), &target, "plain")
-        .await
-        .unwrap();
+    let outcome = backup::run(
+        plan(s3.store(), key, None, Recipients::default()),
+        &target,
+        "plain",
+        &never(),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome.revision, revision);
     assert!(outcome.certs.is_none());
     let manifest = read_manifest(s3.store().as_ref(), key).await.unwrap();
@@ -129,7 +140,7 @@ async fn a_tls_snapshot_with_certificates_is_encrypted_and_restores() {
 
     let recipients = Recipients::parse(&[&recipient]).unwrap();
     let plan = plan(s3.store(), key, Some((certs_dir.path(), &certs_key)), recipients);
-    let outcome = backup::run(plan, &target, "tls").await.unwrap();
+    let outcome = backup::run(plan, &target, "tls", &never()).await.unwrap();
     assert_eq!(outcome.revision, revision);
     assert_eq!(outcome.snapshot.recipients, vec![recipient.clone()]);
     let certs = outcome.certs.expect("a certificates artifact");
@@ -196,9 +207,14 @@ async fn a_byte_flipped_in_the_stream_fails_the_integrity_check_and_leaves_no_ma
             Ok(bytes::Bytes::from(bytes))
         })
         .boxed();
-    let error = backup::store(plan(s3.store(), key, None, Recipients::default()), snapshot, "tampered")
-        .await
-        .unwrap_err();
+    let error = backup::store(
+        plan(s3.store(), key, None, Recipients::default()),
+        snapshot,
+        "tampered",
+        &never(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.reason(), "IntegrityError", "{error}");
     assert!(error.to_string().contains("integrity check failed"), "{error}");
 
@@ -256,7 +272,7 @@ async fn wrong_ca_unreachable_endpoints_and_missing_certs_dirs_fail_clearly() {
         )),
         Recipients::default(),
     );
-    let error = backup::run(plan, &good, "nocerts").await.unwrap_err();
+    let error = backup::run(plan, &good, "nocerts", &never()).await.unwrap_err();
     assert_eq!(error.reason(), "CertsDirNotFound", "{error}");
     assert!(!error.is_transient());
 }

@@ -281,10 +281,12 @@ impl RunGuard {
 
     /// `source` failing its reads once the run is cancelled.
     pub fn reader<R>(&self, source: R) -> CancellableRead<R> {
-        CancellableRead {
-            source,
-            cancelled: Box::pin(self.token.clone().cancelled_owned()),
-        }
+        CancellableRead::new(source, self.token.clone())
+    }
+
+    /// The run's token, for code below the controller that takes a plain token.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
     }
 }
 
@@ -293,6 +295,16 @@ impl RunGuard {
 pub struct CancellableRead<R> {
     source: R,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<R> CancellableRead<R> {
+    /// `source` failing its reads once `token` is cancelled.
+    pub fn new(source: R, token: CancellationToken) -> Self {
+        CancellableRead {
+            source,
+            cancelled: Box::pin(token.cancelled_owned()),
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for CancellableRead<R> {
