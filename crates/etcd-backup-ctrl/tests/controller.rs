@@ -253,13 +253,13 @@ async fn a_tls_etcd_backup_restores_with_the_stock_tools_and_is_deleted_with_its
         wait_for_event(&client, &name, "BackupStarted").await;
         let message = wait_for_event(&client, &name, "BackupSucceeded").await;
         assert!(message.contains(&format!("revision {revision}")), "{message}");
-        let metrics = controller.ctx.kit.metrics.render();
-        assert!(
-            metrics.contains(&format!(
-                "stowage_etcd_snapshot_revision{{schedule=\"{name}\"}} {revision}"
-            )),
-            "{metrics}"
-        );
+        // The gauges are set just after the status and the Event.
+        let gauge = format!("stowage_etcd_snapshot_revision{{schedule=\"{name}\"}} {revision}");
+        wait_for("the snapshot's revision on /metrics", || async {
+            Ok(controller.ctx.kit.metrics.render().contains(&gauge).then_some(()))
+        })
+        .await
+        .unwrap();
 
         // The stock tools read the artifact: age decrypts, gunzip decompresses, etcdctl accepts it.
         let stored = work.path().join("stored.db.gz.age");

@@ -119,12 +119,15 @@ async fn a_killed_controller_s_run_is_failed_by_its_successor_and_sigterm_stops_
 
         create_backup(&client, &ns, "stopped", long_run(&storage)).await?;
         phase_of(&api, "stopped", ExecPhase::Running).await?;
-        let (code, metrics) = http_get(second.port, "/metrics").await?;
-        assert_eq!(code, 200);
-        assert!(
-            metrics.contains(r#"stowage_runs_in_progress{kind="ExecBackup",operation="Backup"} 1"#),
-            "{metrics}"
-        );
+        // The gauge counts the run from just after its Running status and Event.
+        wait_for("the run in progress on /metrics", || async {
+            let (code, metrics) = http_get(second.port, "/metrics").await?;
+            assert_eq!(code, 200);
+            Ok(metrics
+                .contains(r#"stowage_runs_in_progress{kind="ExecBackup",operation="Backup"} 1"#)
+                .then_some(()))
+        })
+        .await?;
         kill(Pid::from_raw(second.child.id().unwrap() as i32), Signal::SIGTERM)?;
         let exit = second.child.wait().await?;
         assert!(exit.success(), "SIGTERM is a clean stop: {exit}");

@@ -101,8 +101,11 @@ async fn the_deployed_rbac_lets_the_scheduler_work_and_no_more() {
         .await?;
         wait_event(&client, &namespace, "db", "RunCreated").await?;
         wait_event(&client, &namespace, "db", "RunsDeleted").await?;
-        let status = get_schedule(&client, &namespace, "db").await?.status.unwrap();
-        assert!(status.last_successful_time.is_some());
+        wait_for("a last success in the schedule's status", || async {
+            let status = get_schedule(&client, &namespace, "db").await?.status;
+            Ok(status.and_then(|s| s.last_successful_time).map(|_| ()))
+        })
+        .await?;
         scheduler.stop().await?;
 
         for (verb, resource) in [

@@ -135,6 +135,8 @@ pub async fn tour(bed: &TestBed, demo: &Demo) -> anyhow::Result<()> {
     .await?;
     println!("{}", bed.kubectl(["get", "execbackups", "-n", NAMESPACE]).await?);
 
+    // The scheduler publishes its Events from a queue, after the writes the demo waited for.
+    stowage_e2e::support::wait_events(&client, NAMESPACE, SCHEDULE, &["RunCreated", "RunsDeleted"]).await?;
     let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
     let mut reasons: Vec<(String, String)> = events
         .list(&ListParams::default())

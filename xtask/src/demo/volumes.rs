@@ -169,7 +169,7 @@ pub async fn backup(bed: &TestBed, demo: &Demo, client: &kube::Client) -> anyhow
             .await?
     );
     println!("{}", bed.kubectl(["get", "volumesnapshots", "-n", NAMESPACE]).await?);
-    print_events(bed, BACKUP).await?;
+    print_events(bed, BACKUP, "BackupSucceeded").await?;
 
     let volume = status.volumes.first().context("the backup has a volume")?;
     let artifact = volume.artifact.clone().context("the backup has a copy")?.artifact;
@@ -244,7 +244,9 @@ async fn apply(client: &kube::Client, manifest: serde_json::Value) -> anyhow::Re
 
 /// Prints, as `kubectl get events` does, the Events about object `name` in the demo's
 /// namespace, oldest first: what the controller did, step by step.
-pub async fn print_events(bed: &TestBed, name: &str) -> anyhow::Result<()> {
+pub async fn print_events(bed: &TestBed, name: &str, last: &str) -> anyhow::Result<()> {
+    // The controller writes its last Event just after the final status the demo waited for.
+    stowage_e2e::support::wait_events(&bed.client(), NAMESPACE, name, &[last]).await?;
     let selector = format!("involvedObject.name={name}");
     let events = bed
         .kubectl([

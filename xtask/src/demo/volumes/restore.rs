@@ -44,7 +44,7 @@ pub async fn restore(bed: &TestBed, demo: &Demo, client: &kube::Client, backed_u
     );
     println!("{}", bed.kubectl(["get", "volumerestores", "-n", NAMESPACE]).await?);
     println!("{}", bed.kubectl(["get", "pvc", "-n", NAMESPACE]).await?);
-    print_events(bed, RESTORE).await?;
+    print_events(bed, RESTORE, "RestoreSucceeded").await?;
 
     let volume = status.volumes.first().context("the restore has a volume")?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
