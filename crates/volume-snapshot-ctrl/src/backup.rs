@@ -7,6 +7,10 @@
 //! `maxFreezeSeconds`, on shutdown, and after a restart (a backup found Running is thawed
 //! before anything else). A backup whose snapshots were not all cut fails, and the snapshots it
 //! did cut (an inconsistent set) are deleted; one found after its cut resumes.
+//!
+//! Deleting a running VolumeBackup cancels it after its thaw: the wait for the snapshots and
+//! the copies stop (the copy's upload is aborted), an Event `BackupCancelled` records it, and
+//! the deletion does not wait hours for a copy nobody wants (`stowage_operator::cancel`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use stowage_api::{ArtifactStatus, RetainPolicy, VolumeBackup, VolumeBackupPhase, VolumeBackupStatus, VolumeStatus};
+use stowage_operator::cancel::{self, Registry, RunGuard, Stop};
 use stowage_operator::conditions::{from_time, to_time};
 use stowage_operator::{Context, Error, Result, finalizer, status};
 
@@ -31,12 +36,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Runs the VolumeBackup controller until `ctx.shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>) {
-    let backups = Controller::new(ctx.watched::<VolumeBackup>(), watcher::Config::default());
-    stowage_operator::run_controller(backups, ctx.clone(), ctx.shutdown.clone(), reconcile).await;
+    // The one watch also tells running backups that their object was deleted.
+    let (stream, store, runs) = cancel::watch(ctx.watched::<VolumeBackup>(), watcher::Config::default());
+    let backups = Controller::for_stream(stream, store);
+    stowage_operator::run_controller(backups, ctx.clone(), ctx.shutdown.clone(), move |backup, ctx| {
+        reconcile(backup, ctx, runs.clone())
+    })
+    .await;
 }
 
-/// Reconciles one VolumeBackup.
-pub async fn reconcile(backup: Arc<VolumeBackup>, ctx: Arc<Context>) -> Result<Action> {
+/// The reason of a backup stopped because its object was deleted.
+pub(crate) const CANCELLED: &str = "Cancelled";
+
+/// Reconciles one VolumeBackup. `runs` cancels a running backup whose object is deleted.
+pub async fn reconcile(backup: Arc<VolumeBackup>, ctx: Arc<Context>, runs: Registry<VolumeBackup>) -> Result<Action> {
     let namespace = backup.namespace().unwrap_or_default();
     let api: Api<VolumeBackup> = Api::namespaced(ctx.client.clone(), &namespace);
     if backup.metadata.deletion_timestamp.is_some() {
@@ -52,12 +65,15 @@ pub async fn reconcile(backup: Arc<VolumeBackup>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     };
     let state = backup.status.clone().unwrap_or_default();
+    // Registered before the run starts, so a deletion at any moment from here on cancels it.
+    let cancel = runs.register(&backup, &ctx.shutdown);
     let run = Run {
         backup,
         api,
         ctx,
         state,
         frozen_clock: None,
+        cancel,
     };
     match run.state.phase {
         VolumeBackupPhase::Succeeded | VolumeBackupPhase::Failed => Ok(Action::await_change()),
@@ -74,6 +90,9 @@ pub(crate) struct Run {
     pub state: VolumeBackupStatus,
     /// When this controller ran the first pre-hook (for a precise frozenMilliseconds).
     frozen_clock: Option<std::time::Instant>,
+    /// Fires when the object is deleted (or the controller stops); the steps after the thaw
+    /// stop on it.
+    cancel: RunGuard,
 }
 
 impl Run {
@@ -322,17 +341,18 @@ impl Run {
     async fn after_cut(&mut self, plan: Option<CopyPlan>) -> Result<()> {
         let (client, namespace) = (self.ctx.client.clone(), self.namespace());
         let generation = self.generation();
-        let ready = tokio::time::timeout(
-            READY_TIMEOUT,
-            snapshots::wait_ready(&client, &namespace, &mut self.state.volumes),
-        )
-        .await;
-        let ready = ready.unwrap_or_else(|_| {
-            Err(Error::permanent(
-                "SnapshotsNotReady",
-                format!("the snapshots were not ready to use after {}s", READY_TIMEOUT.as_secs()),
-            ))
-        });
+        let ready = tokio::select! {
+            ready = tokio::time::timeout(
+                READY_TIMEOUT,
+                snapshots::wait_ready(&client, &namespace, &mut self.state.volumes),
+            ) => ready.unwrap_or_else(|_| {
+                Err(Error::permanent(
+                    "SnapshotsNotReady",
+                    format!("the snapshots were not ready to use after {}s", READY_TIMEOUT.as_secs()),
+                ))
+            }),
+            () = self.cancel.cancelled() => return Err(cancelled_error()),
+        };
         self.end_step(Step::SnapshotsReady, ready, |state| {
             format!("{} VolumeSnapshot(s) ready to use", state.volumes.len())
         })
@@ -345,9 +365,10 @@ impl Run {
                 continue;
             }
             let volume = self.state.volumes[index].clone();
-            let copied = copy::copy_volume(&client, &self.backup, &plan, index, &volume).await;
+            let copied = copy::copy_volume(&client, &self.backup, &plan, index, &volume, &self.cancel).await;
             let artifact = match copied {
                 Ok(artifact) => artifact,
+                Err(_) if self.cancel.stop() == Some(Stop::Deleted) => return Err(cancelled_error()),
                 Err(error) => {
                     let message = format!("copying PVC {}: {error}", volume.pvc);
                     step::set(
@@ -448,8 +469,20 @@ impl Run {
             }
         }
         step::failed(&mut self.state, error, generation, now);
-        status::patch_final(&self.api, &self.backup.name_any(), &self.state).await?;
+        // Without a finalizer the object may be gone already: the Event is then the record.
+        match status::patch_final(&self.api, &self.backup.name_any(), &self.state).await {
+            Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => {}
+            written => {
+                written?;
+            }
+        }
         let reason = error.reason();
+        if reason == CANCELLED {
+            self.ctx
+                .normal(&self.backup, "BackupCancelled", error.to_string())
+                .await;
+            return Ok(());
+        }
         self.ctx.warning(&self.backup, reason, error.to_string()).await;
         if reason != "BackupFailed" {
             self.ctx
@@ -462,6 +495,13 @@ impl Run {
     fn generation(&self) -> Option<i64> {
         self.backup.metadata.generation
     }
+}
+
+fn cancelled_error() -> Error {
+    Error::permanent(
+        CANCELLED,
+        "the VolumeBackup was deleted during its backup (after the thaw): the wait for its snapshots and its copies were stopped, an unfinished copy's upload aborted; retainPolicy decides what happens to the snapshots",
+    )
 }
 
 /// "3 snapshot(s) ready: data-0 → vb-data-0, …"

@@ -18,6 +18,7 @@ use stowage_api::volume_backup::VOLUME_BACKUP_LABEL;
 use stowage_api::{VolumeBackup, VolumeCopy, VolumeStatus};
 use stowage_core::template::{PathTemplate, TemplateVars};
 use stowage_core::{Artifact, BackupRequest, Recipients};
+use stowage_operator::cancel::RunGuard;
 use stowage_operator::podexec::{ExecOutcome, ExecPod, ExecPodParams, reason};
 use stowage_operator::{Error, ResolvedStorage, Result};
 use tokio::time::Instant;
@@ -102,19 +103,21 @@ impl CopyPlan {
 }
 
 /// Copies one volume's snapshot into storage and returns the committed artifact. The temporary
-/// PVC is deleted whatever happened; the Pod is deleted by [`ExecPod::run`].
+/// PVC is deleted whatever happened; the Pod is deleted by [`ExecPod::run`]. Once `cancel`
+/// fires, each step stops the way it would on a failure (the upload is aborted).
 pub async fn copy_volume(
     client: &Client,
     backup: &VolumeBackup,
     plan: &CopyPlan,
     index: usize,
     volume: &VolumeStatus,
+    cancel: &RunGuard,
 ) -> Result<Artifact> {
     let namespace = backup.namespace().unwrap_or_default();
     let temp_name = names::child(&backup.name_any(), &format!("copy-{index}"), 63);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
     create_temp_claim(&claims, backup, &temp_name, volume).await?;
-    let copied = stream(client, backup, plan, &temp_name, volume).await;
+    let copied = stream(client, backup, plan, &temp_name, volume, cancel).await;
     let params = DeleteParams::default();
     match claims.delete(&temp_name, &params).await {
         Ok(_) => {}
@@ -168,6 +171,7 @@ async fn stream(
     plan: &CopyPlan,
     claim: &str,
     volume: &VolumeStatus,
+    cancel: &RunGuard,
 ) -> Result<Artifact> {
     let namespace = backup.namespace().unwrap_or_default();
     let image = plan.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string());
@@ -210,14 +214,27 @@ async fn stream(
         ("pvc".to_string(), json!(volume.pvc)),
         ("volumeSnapshot".to_string(), json!(volume.volume_snapshot)),
     ]);
+    let cancelled = || Error::permanent("Cancelled", "the copy was cancelled");
     ExecPod::run(client, &params, |pod| async move {
-        pod.wait_running("reader", POD_START_TIMEOUT).await?;
-        let command = ["tar", "-C", MOUNT_PATH, "-cf", "-", "."];
-        let mut stdout = pod
-            .exec_stdout("reader", command, Instant::now() + COPY_DEADLINE)
-            .await?;
-        let staged = stowage_core::stream_payload(request, &mut stdout).await;
-        let finished = stdout.finish().await;
+        let mut stdout = tokio::select! {
+            started = async {
+                pod.wait_running("reader", POD_START_TIMEOUT).await?;
+                let command = ["tar", "-C", MOUNT_PATH, "-cf", "-", "."];
+                pod.exec_stdout("reader", command, Instant::now() + COPY_DEADLINE).await
+            } => started?,
+            () = cancel.cancelled() => return Err(cancelled()),
+        };
+        // The source fails once cancelled: core then aborts the upload.
+        let staged = stowage_core::stream_payload(request, cancel.reader(&mut stdout)).await;
+        let finished = tokio::select! {
+            finished = stdout.finish() => finished,
+            () = cancel.cancelled() => Err(cancelled()),
+        };
+        let finished = if cancel.stop().is_some() {
+            Err(cancelled())
+        } else {
+            finished
+        };
         settle(staged, finished, details).await
     })
     .await

@@ -9,7 +9,7 @@ mod support;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use stowage_api::{VolumeBackup, VolumeBackupPhase};
-use stowage_e2e::csi::FAIL_SNAPSHOT_ANNOTATION;
+use stowage_e2e::csi::{FAIL_SNAPSHOT_ANNOTATION, READY_DELAY_ANNOTATION};
 use stowage_e2e::support::{age_keygen, sh};
 use stowage_e2e::{bed, wait_for};
 use support::writer::*;
@@ -213,6 +213,56 @@ async fn a_failed_snapshot_thaws_the_application_and_fails_the_backup() {
         })
         .await?;
         wait_events(&client, &ns, "doomed", &["BackupFailed"]).await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_backup_waiting_for_its_snapshots_cancels_it_after_the_thaw() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vb-cancel", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let live = writer_deployment(&client, &ns, "app", "data", hooks(PRE_HOOK, POST_HOOK)).await?;
+        // Snapshots of this claim become ready to use after a day: the backup waits on them.
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({ "metadata": { "annotations": { READY_DELAY_ANNOTATION: "86400" } } });
+        claims
+            .patch(
+                "data",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+        create::<VolumeBackup>(
+            &client,
+            &ns,
+            "waiting",
+            json!({ "pvcNames": ["data"], "retainPolicy": "Delete" }),
+        )
+        .await?;
+        let api: Api<VolumeBackup> = Api::namespaced(client.clone(), &ns);
+        wait_for("the snapshot to be cut and the application thawed", || async {
+            let conditions = api.get("waiting").await?.status.unwrap_or_default().conditions;
+            let done = |type_| condition(&conditions, type_).0 == "True";
+            Ok((done("SnapshotsCreated") && done("Thawed")).then_some(()))
+        })
+        .await?;
+        api.delete("waiting", &DeleteParams::default()).await?;
+        // Gone long before the snapshot is ready: the wait was cancelled, and the finalizer
+        // deleted the snapshot.
+        wait_for("the VolumeBackup to be deleted", || async {
+            Ok(api.get_opt("waiting").await?.is_none().then_some(()))
+        })
+        .await?;
+        wait_events(&client, &ns, "waiting", &["BackupCancelled"]).await?;
+        wait_for("the snapshot to be deleted", || async {
+            Ok(snapshots(&client, &ns).await?.is_empty().then_some(()))
+        })
+        .await?;
+        assert!(live.join("thaw-marker").exists(), "the application was thawed");
+        assert!(!live.join("frozen").exists());
         Ok(())
     })
     .await
