@@ -105,7 +105,12 @@ async fn backed_up(s3: &S3Server, etcd: &EtcdServer, dir: &Path, recipient: &str
         endpoints: vec![etcd.endpoint().to_string()],
         tls: None,
     };
-    (etcd_backup::run(plan, &target, "nightly").await.unwrap(), revision)
+    (
+        etcd_backup::run(plan, &target, "nightly", &tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap(),
+        revision,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
