@@ -57,7 +57,7 @@ impl Error {
             Error::Snapshot { .. } => "SnapshotFailed",
             Error::Integrity(_) => "IntegrityError",
             Error::CertsDir { .. } => "CertsDirNotFound",
-            Error::Cancelled => "Cancelled",
+            Error::Cancelled => stowage_operator::cancel::CANCELLED,
             Error::Core(core) => match source_error(core) {
                 Some(ours) => ours.reason(),
                 None => core.reason(),

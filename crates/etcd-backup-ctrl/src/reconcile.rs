@@ -14,7 +14,7 @@ use serde_json::json;
 use stowage_api::etcd_backup::{EtcdBackupProgress, RetainPolicy};
 use stowage_api::{ArtifactStatus, EtcdBackup, EtcdBackupPhase, EtcdBackupStatus};
 use stowage_core::{Progress, catalog, human_bytes};
-use stowage_operator::cancel::{Registry, Stop};
+use stowage_operator::cancel::{CANCELLED, Registry, Stop};
 use stowage_operator::conditions::{self, to_time};
 use stowage_operator::finalizer;
 use stowage_operator::{Error as KitError, resolve_storage};
@@ -178,7 +178,6 @@ async fn cancelled(
         None => "the EtcdBackup was deleted during its backup: the snapshot stream was stopped and its uploads aborted; nothing was stored".to_string(),
         Some(failure) => format!("the EtcdBackup was deleted during its backup, which had failed ({failure}); nothing was stored"),
     };
-    let message = message.as_str();
     status.phase = EtcdBackupPhase::Failed;
     status.progress = None;
     status.completion_time = Some(to_time(now));
@@ -187,13 +186,13 @@ async fn cancelled(
         &mut status.conditions,
         READY,
         false,
-        "Cancelled",
-        message,
+        CANCELLED,
+        &message,
         generation,
         now,
     );
     kit.metrics
-        .run_finished(KIND, "Backup", "Cancelled", elapsed.as_secs_f64());
+        .run_finished(KIND, "Backup", CANCELLED, elapsed.as_secs_f64());
     // The status first, so whoever sees the Event reads the final phase. Without a finalizer
     // the object may be gone already, and the Event is the record.
     match write_status(api, name, &status).await {
@@ -201,7 +200,7 @@ async fn cancelled(
         Err(KitError::Kube(kube::Error::Api(response))) if response.code == 404 => {}
         Err(error) => return Err(error),
     }
-    kit.normal(backup, "BackupCancelled", message).await;
+    kit.normal(backup, "BackupCancelled", &message).await;
     match api.get_opt(name).await? {
         Some(current) if current.metadata.deletion_timestamp.is_some() => finalize(&current, api, ctx).await,
         _ => Ok(Action::await_change()),

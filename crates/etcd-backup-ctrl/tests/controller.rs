@@ -136,6 +136,15 @@ async fn wait_for_phase(client: &kube::Client, name: &str, phase: EtcdBackupPhas
     .unwrap()
 }
 
+/// Waits until EtcdBackup `name` no longer exists (its finalizer done).
+async fn wait_gone(api: &Api<EtcdBackup>, name: &str) {
+    wait_for(&format!("EtcdBackup {name} to be gone"), || async {
+        Ok(api.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
 /// Waits for the Ready condition to carry `reason`; returns its message.
 async fn wait_for_reason(client: &kube::Client, name: &str, reason: &str) -> String {
     let api: Api<EtcdBackup> = Api::all(client.clone());
@@ -308,11 +317,7 @@ async fn a_tls_etcd_backup_restores_with_the_stock_tools_and_is_deleted_with_its
         // retainPolicy Delete: deleting the object deletes the data, then the object goes.
         let api: Api<EtcdBackup> = Api::all(client.clone());
         api.delete(&name, &DeleteParams::default()).await.unwrap();
-        wait_for(&format!("EtcdBackup {name} to be gone"), || async {
-            Ok(api.get_opt(&name).await?.is_none().then_some(()))
-        })
-        .await
-        .unwrap();
+        wait_gone(&api, &name).await;
         for path in [&artifact.path, &certs.path] {
             let error = read_manifest(s3.store().as_ref(), path).await.unwrap_err();
             assert_eq!(error.reason(), "IntegrityError", "{path}: {error}"); // ManifestMissing
@@ -529,11 +534,7 @@ async fn deleting_a_running_backup_stops_it_and_the_deletion_does_not_wait_for_e
         let api: Api<EtcdBackup> = Api::all(client.clone());
         api.delete(&name, &DeleteParams::default()).await.unwrap();
         // Gone while etcd is still frozen: the run was cancelled, not waited for.
-        wait_for(&format!("EtcdBackup {name} to be gone"), || async {
-            Ok(api.get_opt(&name).await?.is_none().then_some(()))
-        })
-        .await
-        .unwrap();
+        wait_gone(&api, &name).await;
         let message = wait_for_event(&client, &name, "BackupCancelled").await;
         // Stopped by the deletion, not by etcd's request timeout (which would name the failure).
         assert!(

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use stowage_api::{ArtifactStatus, ExecBackup, ExecPhase, ExecRunStatus, RetainPolicy};
 use stowage_core::template::TemplateVars;
 use stowage_core::{Artifact, BackupRequest, Compression, Progress, Recipients};
-use stowage_operator::cancel::{Registry, RunGuard, Stop};
+use stowage_operator::cancel::{CANCELLED, Registry, RunGuard, Stop};
 use stowage_operator::podexec::{ExecOutcome, ExecPod, ExecPodParams, reason};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, status};
 use stowage_operator::{conditions, finalizer};
@@ -241,30 +241,14 @@ async fn execute(
     request.progress = progress;
     let (container, argv, deadline) = (plan.container.clone(), plan.argv.clone(), plan.deadline);
     ExecPod::run(&ctx.client, &plan.pod, |pod| async move {
-        let mut stdout = tokio::select! {
-            started = async {
-                pod.wait_running(&container, run::POD_START_TIMEOUT).await?;
-                pod.exec_stdout(&container, argv, Instant::now() + deadline).await
-            } => started?,
-            _ = cancel.cancelled() => return Err(cancelled_error().into()),
-        };
-        // The source fails once cancelled: core then aborts the upload.
-        let staged = stowage_core::stream_payload(request, cancel.reader(&mut stdout)).await;
-        let finished = tokio::select! {
-            finished = stdout.finish() => finished,
-            _ = cancel.cancelled() => Err(cancelled_error()),
-        };
-        let finished = match cancel.stop() {
-            Some(_) => Err(cancelled_error()),
-            None => finished,
-        };
+        let deadline = Instant::now() + deadline;
+        let (staged, finished) = pod
+            .stream_stdout(&container, argv, run::POD_START_TIMEOUT, deadline, request, cancel)
+            .await?;
         settle(staged, finished).await
     })
     .await
 }
-
-/// The reason of a run stopped because its object was deleted.
-const CANCELLED: &str = "Cancelled";
 
 fn cancelled_error() -> Error {
     Error::permanent(

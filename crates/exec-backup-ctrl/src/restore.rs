@@ -14,7 +14,7 @@ use stowage_api::{
     ArtifactStatus, ExecBackup, ExecCommand, ExecPhase, ExecRestore, ExecRunStatus, PodTemplate, SecretKeyRef,
 };
 use stowage_core::{Identities, Progress, RestoreRequest};
-use stowage_operator::cancel::{Registry, RunGuard, Stop};
+use stowage_operator::cancel::{CANCELLED, Registry, RunGuard, Stop};
 use stowage_operator::podexec::{ExecPod, ExecPodParams};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, secrets, status};
 use tokio::time::Instant;
@@ -184,9 +184,6 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>, runs: Regis
         }
     }
 }
-
-/// The reason of a run stopped because its object was deleted.
-const CANCELLED: &str = "Cancelled";
 
 fn cancelled_error() -> Error {
     Error::permanent(

@@ -30,6 +30,10 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+/// The reason (condition, Event detail, metric label) of a run stopped because its object was
+/// deleted.
+pub const CANCELLED: &str = "Cancelled";
+
 /// Why a run stopped before it finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {

@@ -47,12 +47,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
+use stowage_core::{BackupRequest, Staged};
 use tokio::time::Instant;
 
 pub use self::hook::{ExecOutput, exec_in_pod};
 pub use self::session::{ExecOutcome, ExecStdin, ExecStdout, STDERR_TAIL_BYTES, STDOUT_TAIL_BYTES};
 use self::session::{Session, Streams};
 use self::start::{StartState, start_state};
+use crate::cancel::{CANCELLED, RunGuard};
 use crate::{Error, Result};
 
 /// The stable reasons of the transport's [`Error::Exec`] errors (Event reasons, metric labels).
@@ -258,6 +260,45 @@ impl PodHandle {
             message: format!("the exec in Pod {self} has no stdout"),
         })?;
         Ok(ExecStdout::new(session, stdout))
+    }
+
+    /// Waits until `container` runs (at most `start_timeout`), starts `command` in it and
+    /// streams its stdout into storage as `request` says. Once `cancel` fires, each step stops
+    /// the way a failure does: the source fails (so core aborts the upload) and the command's
+    /// result is a [`CANCELLED`] error (callers say why, from [`RunGuard::stop`]). Returns the data path's result and the command's, for the
+    /// caller to commit or discard the payload; an error when the command never started.
+    pub async fn stream_stdout<I, S>(
+        &self,
+        container: &str,
+        command: I,
+        start_timeout: Duration,
+        deadline: Instant,
+        request: BackupRequest,
+        cancel: &RunGuard,
+    ) -> Result<(stowage_core::Result<Staged>, Result<ExecOutcome>)>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let cancelled = || Error::permanent(CANCELLED, "the run was cancelled");
+        let mut stdout = tokio::select! {
+            started = async {
+                self.wait_running(container, start_timeout).await?;
+                self.exec_stdout(container, command, deadline).await
+            } => started?,
+            () = cancel.cancelled() => return Err(cancelled()),
+        };
+        let staged = stowage_core::stream_payload(request, cancel.reader(&mut stdout)).await;
+        let finished = tokio::select! {
+            finished = stdout.finish() => finished,
+            () = cancel.cancelled() => Err(cancelled()),
+        };
+        let finished = if cancel.stop().is_some() {
+            Err(cancelled())
+        } else {
+            finished
+        };
+        Ok((staged, finished))
     }
 
     /// Starts `command` in `container`; the returned [`ExecStdin`] is its stdin (its stdout is

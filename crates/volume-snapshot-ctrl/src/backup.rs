@@ -21,7 +21,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use stowage_api::{ArtifactStatus, RetainPolicy, VolumeBackup, VolumeBackupPhase, VolumeBackupStatus, VolumeStatus};
-use stowage_operator::cancel::{self, Registry, RunGuard, Stop};
+use stowage_operator::cancel::{self, CANCELLED, Registry, RunGuard, Stop};
 use stowage_operator::conditions::{from_time, to_time};
 use stowage_operator::{Context, Error, Result, finalizer, status};
 
@@ -44,9 +44,6 @@ pub async fn run(ctx: Arc<Context>) {
     })
     .await;
 }
-
-/// The reason of a backup stopped because its object was deleted.
-pub(crate) const CANCELLED: &str = "Cancelled";
 
 /// Reconciles one VolumeBackup. `runs` cancels a running backup whose object is deleted.
 pub async fn reconcile(backup: Arc<VolumeBackup>, ctx: Arc<Context>, runs: Registry<VolumeBackup>) -> Result<Action> {

@@ -214,27 +214,12 @@ async fn stream(
         ("pvc".to_string(), json!(volume.pvc)),
         ("volumeSnapshot".to_string(), json!(volume.volume_snapshot)),
     ]);
-    let cancelled = || Error::permanent("Cancelled", "the copy was cancelled");
     ExecPod::run(client, &params, |pod| async move {
-        let mut stdout = tokio::select! {
-            started = async {
-                pod.wait_running("reader", POD_START_TIMEOUT).await?;
-                let command = ["tar", "-C", MOUNT_PATH, "-cf", "-", "."];
-                pod.exec_stdout("reader", command, Instant::now() + COPY_DEADLINE).await
-            } => started?,
-            () = cancel.cancelled() => return Err(cancelled()),
-        };
-        // The source fails once cancelled: core then aborts the upload.
-        let staged = stowage_core::stream_payload(request, cancel.reader(&mut stdout)).await;
-        let finished = tokio::select! {
-            finished = stdout.finish() => finished,
-            () = cancel.cancelled() => Err(cancelled()),
-        };
-        let finished = if cancel.stop().is_some() {
-            Err(cancelled())
-        } else {
-            finished
-        };
+        let command = ["tar", "-C", MOUNT_PATH, "-cf", "-", "."];
+        let deadline = Instant::now() + COPY_DEADLINE;
+        let (staged, finished) = pod
+            .stream_stdout("reader", command, POD_START_TIMEOUT, deadline, request, cancel)
+            .await?;
         settle(staged, finished, details).await
     })
     .await

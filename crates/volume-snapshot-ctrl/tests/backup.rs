@@ -188,15 +188,14 @@ async fn a_failed_snapshot_thaws_the_application_and_fails_the_backup() {
     bed.with_namespace("vb-snapfail", |client, ns| async move {
         let _controller = start_controller(&client, &ns).await?;
         let live = writer_deployment(&client, &ns, "app", "data", hooks(PRE_HOOK, POST_HOOK)).await?;
-        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        let patch = json!({ "metadata": { "annotations": { FAIL_SNAPSHOT_ANNOTATION: "the disk array is on fire" } } });
-        claims
-            .patch(
-                "data",
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await?;
+        annotate_claim(
+            &client,
+            &ns,
+            "data",
+            FAIL_SNAPSHOT_ANNOTATION,
+            "the disk array is on fire",
+        )
+        .await?;
         create::<VolumeBackup>(&client, &ns, "doomed", json!({ "pvcNames": ["data"] })).await?;
         let backup = finished::<VolumeBackup>(&client, &ns, "doomed").await?;
         let status = backup.status.clone().unwrap();
@@ -226,15 +225,7 @@ async fn deleting_a_backup_waiting_for_its_snapshots_cancels_it_after_the_thaw()
         let _controller = start_controller(&client, &ns).await?;
         let live = writer_deployment(&client, &ns, "app", "data", hooks(PRE_HOOK, POST_HOOK)).await?;
         // Snapshots of this claim become ready to use after a day: the backup waits on them.
-        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        let patch = json!({ "metadata": { "annotations": { READY_DELAY_ANNOTATION: "86400" } } });
-        claims
-            .patch(
-                "data",
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await?;
+        annotate_claim(&client, &ns, "data", READY_DELAY_ANNOTATION, "86400").await?;
         create::<VolumeBackup>(
             &client,
             &ns,

@@ -146,6 +146,26 @@ pub async fn running_pods(
     .await
 }
 
+/// Sets annotation `key` to `value` on PVC `claim` (the CSI simulator's knobs).
+pub async fn annotate_claim(
+    client: &kube::Client,
+    namespace: &str,
+    claim: &str,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "metadata": { "annotations": { key: value } } });
+    claims
+        .patch(
+            claim,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
 /// The claims the running Pods with label `app=<app>` mount, sorted.
 pub async fn mounted_claims(client: &kube::Client, namespace: &str, app: &str) -> anyhow::Result<Vec<String>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
