@@ -11,6 +11,7 @@ mod copy;
 mod hooks;
 mod names;
 mod restore;
+mod restore_cancel;
 mod restore_checks;
 mod restore_claims;
 mod restore_fill;

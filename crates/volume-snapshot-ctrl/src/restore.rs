@@ -11,11 +11,13 @@
 //! Every step is idempotent, so a controller that restarts mid-restore runs the steps again
 //! and finishes. A failure after the scale-down rolls back: the workload goes back to its old
 //! claims and replicas, and the new claims are deleted (RolledBack). A rollback interrupted by a
-//! restart is finished first.
+//! restart is finished first. Deleting a running restore stops its waits and takes the same
+//! rollback ([`crate::restore_cancel`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
@@ -24,9 +26,11 @@ use kube::runtime::{Controller, watcher};
 use stowage_api::{
     ApplicationKind, RestoreSource, RestoredVolume, VolumeRestore, VolumeRestorePhase, VolumeRestoreStatus,
 };
+use stowage_operator::cancel::{self, CANCELLED, Registry, RunGuard, Stop};
 use stowage_operator::conditions::{self, to_time};
 use stowage_operator::{Context, Error, Result, status};
 
+use crate::restore_cancel::{self as cancelling, until_cancelled};
 use crate::restore_checks::{self as checks, Plan, PlannedVolume};
 use crate::restore_claims as claims;
 use crate::restore_fill::{self as fill, Fill};
@@ -56,14 +60,23 @@ mod step {
 }
 
 /// Runs the VolumeRestore controller until `ctx.shutdown` is cancelled. A restore is one long
-/// reconcile that waits for the workload and claims itself, so no other watches are needed.
+/// reconcile that waits for the workload and claims itself, so no other watches are needed;
+/// the one watch also tells a running restore that its object was deleted.
 pub async fn run(ctx: Arc<Context>) {
-    let restores = Controller::new(ctx.watched::<VolumeRestore>(), watcher::Config::default());
-    stowage_operator::run_controller(restores, ctx.clone(), ctx.shutdown.clone(), reconcile).await;
+    let (stream, store, runs) = cancel::watch(ctx.watched::<VolumeRestore>(), watcher::Config::default());
+    let restores = Controller::for_stream(stream, store);
+    stowage_operator::run_controller(restores, ctx.clone(), ctx.shutdown.clone(), move |restore, ctx| {
+        reconcile(restore, ctx, runs.clone())
+    })
+    .await;
 }
 
-/// Reconciles one VolumeRestore.
-pub async fn reconcile(restore: Arc<VolumeRestore>, ctx: Arc<Context>) -> Result<Action> {
+/// Reconciles one VolumeRestore. `runs` cancels a running restore whose object is deleted.
+pub async fn reconcile(
+    restore: Arc<VolumeRestore>,
+    ctx: Arc<Context>,
+    runs: Registry<VolumeRestore>,
+) -> Result<Action> {
     if restore.status.as_ref().is_some_and(|s| s.phase.is_final()) {
         return Ok(Action::await_change());
     }
@@ -72,11 +85,15 @@ pub async fn reconcile(restore: Arc<VolumeRestore>, ctx: Arc<Context>) -> Result
     let Some(restore) = status::latest(&api, restore.as_ref()).await? else {
         return Ok(Action::await_change());
     };
+    // Registered before anything changes, so a deletion at any moment from here on cancels it.
+    let cancel = runs.register(&restore, &ctx.shutdown);
     let run = Run {
         state: restore.status.clone().unwrap_or_default(),
         restore,
         api,
         ctx,
+        cancel,
+        original_statefulset: None,
     };
     match run.state.phase {
         VolumeRestorePhase::Succeeded | VolumeRestorePhase::Failed => Ok(Action::await_change()),
@@ -97,6 +114,11 @@ struct Run {
     api: Api<VolumeRestore>,
     ctx: Arc<Context>,
     state: VolumeRestoreStatus,
+    /// Fires when the object is deleted (or the controller stops); every wait stops on it.
+    cancel: RunGuard,
+    /// The StatefulSet as it was before its re-point, for the rollback of a deleted restore
+    /// (whose saved copy the garbage collector deletes with it).
+    original_statefulset: Option<StatefulSet>,
 }
 
 impl Run {
@@ -108,9 +130,13 @@ impl Run {
         self.restore.namespace().unwrap_or_default()
     }
 
+    /// Writes the status. Without a finalizer a deleted restore is gone while its run still
+    /// rolls back: that must go on, and its Events are then the record.
     async fn save(&self) -> Result<()> {
-        status::patch(&self.api, &self.name(), &self.state).await?;
-        Ok(())
+        match status::patch(&self.api, &self.name(), &self.state).await {
+            Err(error) if cancelling::is_gone(&error) => Ok(()),
+            written => written.map(drop),
+        }
     }
 
     /// Marks `type_` done (or not) with `reason` and `message`.
@@ -166,19 +192,25 @@ impl Run {
         let started = std::time::Instant::now();
         let shutdown = self.ctx.shutdown.clone();
         let outcome = tokio::select! {
-            outcome = self.steps(&plan) => Some(outcome),
-            // Stop where we are: every step so far is in status, and the next controller
-            // resumes from there.
-            _ = shutdown.cancelled() => None,
+            outcome = self.steps(&plan) => outcome,
+            // Stop where we are, even between waits: every step so far is in status.
+            _ = shutdown.cancelled() => Err(cancelling::interrupted()),
         };
-        match outcome {
-            None => Ok(Action::await_change()),
-            Some(Ok(())) => {
+        let stop = match &outcome {
+            Ok(()) => None,
+            Err(_) => self.cancel.stop_after_failure(&self.api, &self.restore).await,
+        };
+        match (outcome, stop) {
+            // Done before the deletion reached a wait: the restore stands.
+            (Ok(()), _) => {
                 self.succeed(&plan, started.elapsed()).await?;
                 Ok(Action::await_change())
             }
-            Some(Err(error)) if transient(&error) => Err(error),
-            Some(Err(error)) => self.roll_back(error).await,
+            // The next controller resumes it.
+            (Err(_), Some(Stop::Shutdown)) => Err(cancelling::interrupted()),
+            (Err(error), Some(Stop::Deleted)) => self.roll_back(cancelling::deleted(&error)).await,
+            (Err(error), None) if transient(&error) => Err(error),
+            (Err(error), None) => self.roll_back(error).await,
         }
     }
 
@@ -198,7 +230,7 @@ impl Run {
                 restored: false,
             })
             .collect();
-        let what = describe(plan);
+        let what = checks::describe(plan);
         self.set(
             step::CHECKED,
             true,
@@ -252,7 +284,7 @@ impl Run {
                 self.save().await?;
             }
             workload.scale(0).await?;
-            workload.wait_pods_gone(PODS_GONE_TIMEOUT).await?;
+            until_cancelled(&self.cancel, workload.wait_pods_gone(PODS_GONE_TIMEOUT)).await?;
             let message = format!(
                 "{} '{}' scaled from {} to 0 replicas; its Pods are gone",
                 workload.kind,
@@ -297,9 +329,11 @@ impl Run {
                 ApplicationKind::Deployment => workload.repoint_deployment(&target.claims).await?,
                 ApplicationKind::StatefulSet => {
                     let saved = checks::saved_statefulset_name(&self.name());
-                    workload
-                        .recreate_statefulset(&target.claim_templates, true, &saved, checks::owner(&self.restore))
-                        .await?
+                    let owner = checks::owner(&self.restore);
+                    let original = workload
+                        .recreate_statefulset(&target.claim_templates, true, &saved, owner, None)
+                        .await?;
+                    self.original_statefulset = Some(original);
                 }
             }
             let moves: Vec<String> = target
@@ -312,11 +346,20 @@ impl Run {
                 format!("{} '{}' now mounts {}", target.kind, target.name, moves.join(", ")),
             )
             .await?;
+        } else if target.kind == ApplicationKind::StatefulSet {
+            // Resumed after the re-point: the original, for a rollback after a deletion.
+            let saved = checks::saved_statefulset_name(&self.name());
+            self.original_statefulset = workload::saved(&self.ctx.client, &plan.namespace, &saved).await?;
         }
         if !conditions::is_true(&self.state.conditions, step::SCALED_UP) {
             let replicas = self.state.previous_replicas.unwrap_or(1);
             workload.scale(replicas).await?;
-            workload.wait_ready(replicas, READY_TIMEOUT).await?;
+            // A deletion while the workload starts on the restored claims rolls back too, as a
+            // failure here does: until it runs ready, nothing shows the restored data works,
+            // and the user who deleted the restore no longer wants it. Its old claims are
+            // untouched until then (deleteOldPVCs comes after), so the application goes back
+            // to a state known to run rather than being left on claims nobody vouched for.
+            until_cancelled(&self.cancel, workload.wait_ready(replicas, READY_TIMEOUT)).await?;
             self.done(
                 step::SCALED_UP,
                 format!(
@@ -349,7 +392,7 @@ impl Run {
     async fn create_claim(&self, plan: &Plan, volume: &PlannedVolume, index: usize) -> Result<()> {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.ctx.client.clone(), &plan.namespace);
         claims::create(&pvcs, volume, &plan.backup, &self.name()).await?;
-        claims::wait_bound(&pvcs, &volume.pvc, BOUND_TIMEOUT).await?;
+        until_cancelled(&self.cancel, claims::wait_bound(&pvcs, &volume.pvc, BOUND_TIMEOUT)).await?;
         if let (RestoreSource::Copy, Some(copies), Some(path)) = (plan.source, &plan.copies, &volume.artifact_path) {
             let fill = Fill {
                 storage: &copies.storage,
@@ -359,7 +402,7 @@ impl Run {
                 pvc: &volume.pvc,
                 index,
             };
-            fill::fill(&self.restore, fill, &self.ctx).await?;
+            fill::fill(&self.restore, fill, &self.ctx, &self.cancel).await?;
         }
         Ok(())
     }
@@ -378,7 +421,7 @@ impl Run {
             None => format!("restored {}", volume_list(&self.state.volumes)),
         };
         self.set(step::READY, true, "Succeeded", message.clone());
-        status::patch_final(&self.api, &self.name(), &self.state).await?;
+        self.save_final().await?;
         self.ctx
             .metrics
             .run_finished(KIND, "Restore", "Succeeded", took.as_secs_f64());
@@ -388,15 +431,28 @@ impl Run {
     }
 
     /// Puts the workload back on its old claims and replicas, deletes the new claims, and fails
-    /// the restore with `error`.
+    /// the restore with `error` (Cancelled: its object was deleted).
     async fn roll_back(mut self, error: Error) -> Result<Action> {
+        let deleted = error.reason() == CANCELLED;
         if !conditions::is_true(&self.state.conditions, step::ROLLING_BACK) {
             let message = format!("{}: {error}", error.reason());
             self.set(step::ROLLING_BACK, true, error.reason(), error.to_string());
-            self.save().await?;
+            match self.save().await {
+                // Nothing would resume a deleted restore's rollback: it goes on regardless.
+                Err(save_error) if deleted => tracing::warn!(%save_error, "recording the rollback"),
+                saved => saved?,
+            }
             self.ctx.warning(&self.restore, "RollingBack", message).await;
         }
-        let undone = self.undo().await;
+        let mut undone = self.undo().await;
+        // A deleted restore is never reconciled again: a busy API server is waited for here,
+        // not by a later attempt, or the application could stay scaled to zero.
+        let mut attempts = 1;
+        while deleted && attempts < cancelling::ROLLBACK_ATTEMPTS && undone.as_ref().is_err_and(transient) {
+            tokio::time::sleep(cancelling::ROLLBACK_RETRY).await;
+            undone = self.undo().await;
+            attempts += 1;
+        }
         let outcome = match &undone {
             Ok(summary) => summary.clone(),
             Err(undo_error) if transient(undo_error) => {
@@ -406,13 +462,13 @@ impl Run {
         };
         self.set(step::ROLLING_BACK, false, "RolledBack", outcome.clone());
         self.finish_failed(&error, format!("{error}; {outcome}")).await?;
-        self.ctx
-            .warning(
-                &self.restore,
-                "RestoreFailed",
-                format!("{}: {error}; {outcome}", error.reason()),
-            )
-            .await;
+        if deleted {
+            let message = format!("{error}; {outcome}");
+            self.ctx.normal(&self.restore, "RestoreCancelled", message).await;
+        } else {
+            let message = format!("{}: {error}; {outcome}", error.reason());
+            self.ctx.warning(&self.restore, "RestoreFailed", message).await;
+        }
         self.forget_saved_statefulset().await;
         Ok(Action::await_change())
     }
@@ -446,9 +502,10 @@ impl Run {
                 }
                 ApplicationKind::StatefulSet => {
                     let saved = checks::saved_statefulset_name(&self.name());
-                    if workload::saved(&self.ctx.client, &namespace, &saved).await?.is_some() {
+                    let known = self.original_statefulset.as_ref();
+                    if known.is_some() || workload::saved(&self.ctx.client, &namespace, &saved).await?.is_some() {
                         let none = Default::default();
-                        workload.recreate_statefulset(&none, false, &saved, None).await?;
+                        workload.recreate_statefulset(&none, false, &saved, None, known).await?;
                     }
                 }
             }
@@ -489,9 +546,17 @@ impl Run {
         self.state.completion_time = Some(to_time(self.ctx.now()));
         self.state.observed_generation = self.restore.metadata.generation;
         self.set(step::READY, false, error.reason(), message);
-        status::patch_final(&self.api, &self.name(), &self.state).await?;
+        self.save_final().await?;
         self.ctx.metrics.run_finished(KIND, "Restore", error.reason(), 0.0);
         Ok(())
+    }
+
+    /// Writes the status that records the outcome; see [`Run::save`] for a deleted restore.
+    async fn save_final(&self) -> Result<()> {
+        match status::patch_final(&self.api, &self.name(), &self.state).await {
+            Err(error) if cancelling::is_gone(&error) => Ok(()),
+            written => written.map(drop),
+        }
     }
 
     /// The saved StatefulSet is no longer needed (it also goes with the restore).
@@ -512,27 +577,6 @@ fn transient(error: &Error) -> bool {
         Error::Failed { transient, .. } => *transient,
         _ => false,
     }
-}
-
-fn describe(plan: &Plan) -> String {
-    let pairs: Vec<String> = plan
-        .volumes
-        .iter()
-        .map(|v| format!("{} → {}", v.source_pvc, v.pvc))
-        .collect();
-    let source = match plan.source {
-        RestoreSource::Snapshot => "snapshots",
-        RestoreSource::Copy => "copies",
-    };
-    let target = match &plan.target {
-        Some(target) => format!(", then {} '{}' moves onto them", target.kind, target.name),
-        None => String::new(),
-    };
-    format!(
-        "restoring VolumeBackup '{}' from its {source}: {}{target}",
-        plan.backup,
-        pairs.join(", ")
-    )
 }
 
 fn volume_list(volumes: &[RestoredVolume]) -> String {

@@ -453,3 +453,25 @@ pub fn label_value(name: &str) -> String {
 pub fn owner(restore: &VolumeRestore) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     restore.controller_owner_ref(&())
 }
+
+/// "restoring VolumeBackup 'nightly' from its snapshots: data → data-restored-1a2b3, …"
+pub fn describe(plan: &Plan) -> String {
+    let pairs: Vec<String> = plan
+        .volumes
+        .iter()
+        .map(|v| format!("{} → {}", v.source_pvc, v.pvc))
+        .collect();
+    let source = match plan.source {
+        RestoreSource::Snapshot => "snapshots",
+        RestoreSource::Copy => "copies",
+    };
+    let target = match &plan.target {
+        Some(target) => format!(", then {} '{}' moves onto them", target.kind, target.name),
+        None => String::new(),
+    };
+    format!(
+        "restoring VolumeBackup '{}' from its {source}: {}{target}",
+        plan.backup,
+        pairs.join(", ")
+    )
+}

@@ -5,6 +5,10 @@
 //! the Pod is deleted at once, so tar never takes a cut-off archive for a complete one. Files an
 //! earlier interrupted attempt left are removed first, so the claim ends up holding exactly the
 //! copy.
+//!
+//! A cancelled restore (its object deleted, the controller stopping) stops the fill where it
+//! is: the wait for the Pod, or the stream, whose download is dropped and whose tar is killed
+//! the way a failed check kills it, so the half-filled claim never looks complete.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,10 +18,12 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::{Resource, ResourceExt};
 use stowage_api::VolumeRestore;
 use stowage_core::{Identities, RestoreRequest};
+use stowage_operator::cancel::RunGuard;
 use stowage_operator::podexec::{ExecPod, ExecPodParams};
 use stowage_operator::{Context, Error, ResolvedStorage, Result};
 use tokio::time::Instant;
 
+use crate::restore_cancel::{stopped, until_cancelled};
 use crate::restore_checks::RESTORE_LABEL;
 
 /// How long the fill Pod may take to start.
@@ -39,8 +45,9 @@ pub struct Fill<'a> {
     pub index: usize,
 }
 
-/// Fills the claim from the copy; the Pod is deleted whatever happens.
-pub async fn fill(restore: &VolumeRestore, fill: Fill<'_>, ctx: &Context) -> Result<()> {
+/// Fills the claim from the copy; the Pod is deleted whatever happens. Once `cancel` fires,
+/// the fill stops with [`stopped`].
+pub async fn fill(restore: &VolumeRestore, fill: Fill<'_>, ctx: &Context, cancel: &RunGuard) -> Result<()> {
     let params = pod_params(restore, &fill)?;
     let mut request = RestoreRequest::new(fill.storage.store.clone(), fill.path.to_string());
     request.identities = fill.identities.clone();
@@ -51,19 +58,34 @@ pub async fn fill(restore: &VolumeRestore, fill: Fill<'_>, ctx: &Context) -> Res
         format!("cd {MOUNT} && find . -mindepth 1 -delete && exec tar -x -f -"),
     ];
     ExecPod::run(&ctx.client, &params, |pod| async move {
-        pod.wait_running(CONTAINER, START_TIMEOUT).await?;
-        let mut stdin = pod
-            .exec_stdin(CONTAINER, command, Instant::now() + FILL_DEADLINE)
-            .await?;
-        match stowage_core::restore(request, &mut stdin).await {
-            Ok(_) => stdin.finish().await?.check("tar -x in the fill Pod"),
+        let started = async {
+            pod.wait_running(CONTAINER, START_TIMEOUT).await?;
+            pod.exec_stdin(CONTAINER, command, Instant::now() + FILL_DEADLINE).await
+        };
+        let mut stdin = until_cancelled(cancel, started).await?;
+        // The sink is tar's stdin, so there is no source to fail: core's restore is dropped
+        // instead, which ends its download, and tar is killed before it sees an end of input.
+        let restored = tokio::select! {
+            restored = stowage_core::restore(request, &mut stdin) => Some(restored),
+            () = cancel.cancelled() => None,
+        };
+        match restored {
+            None => {
+                if let Err(error) = stdin.kill().await {
+                    tracing::warn!(%error, "killing tar in the fill Pod failed");
+                }
+                Err(stopped())
+            }
+            Some(Ok(_)) => until_cancelled(cancel, stdin.finish())
+                .await?
+                .check("tar -x in the fill Pod"),
             // tar broke the pipe: its exit code and stderr say why.
-            Err(data_error) if data_error.reason() == "SinkFailed" => {
+            Some(Err(data_error)) if data_error.reason() == "SinkFailed" => {
                 let outcome = stdin.finish().await?;
                 outcome.check("tar -x in the fill Pod")?;
                 Err(data_error.into())
             }
-            Err(data_error) => {
+            Some(Err(data_error)) => {
                 if let Err(error) = stdin.kill().await {
                     tracing::warn!(%error, "killing tar in the fill Pod failed");
                 }

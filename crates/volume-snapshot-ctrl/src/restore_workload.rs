@@ -200,20 +200,25 @@ impl TargetWorkload {
 
     /// Makes the StatefulSet use its original claim templates renamed by `templates` (old → new)
     /// when `renamed`, or the original ones when not, with zero replicas: saves it as it was
-    /// (once), deletes it leaving its Pods and revisions alone, and creates it again.
+    /// (once), deletes it leaving its Pods and revisions alone, and creates it again. Returns
+    /// the original. `known` is the original as the run read it before: the saved ConfigMap is
+    /// owned by the restore, so the garbage collector deletes it with a deleted restore that is
+    /// still rolling back.
     pub async fn recreate_statefulset(
         &self,
         templates: &BTreeMap<String, String>,
         renamed: bool,
         saved: &str,
         owner: Option<OwnerReference>,
-    ) -> Result<()> {
+        known: Option<&StatefulSet>,
+    ) -> Result<StatefulSet> {
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
         let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         let current = api.get_opt(&self.name).await?;
-        let original = match configmaps.get_opt(saved).await? {
-            Some(configmap) => saved_statefulset(&configmap)?,
-            None => {
+        let original = match (configmaps.get_opt(saved).await?, known) {
+            (Some(configmap), _) => saved_statefulset(&configmap)?,
+            (None, Some(known)) => known.clone(),
+            (None, None) => {
                 let current = current.clone().ok_or_else(|| {
                     Error::permanent(
                         "TargetNotFound",
@@ -224,14 +229,14 @@ impl TargetWorkload {
                 current
             }
         };
-        let mut desired = original;
+        let mut desired = original.clone();
         if renamed && let Some(spec) = desired.spec.as_mut() {
             plan::rename_claim_templates(spec, templates);
         }
         let templates_of = |s: &StatefulSet| plan::claim_templates(&s.spec.clone().unwrap_or_default());
         if let Some(current) = &current {
             if templates_of(current) == templates_of(&desired) {
-                return Ok(());
+                return Ok(original);
             }
             let params = DeleteParams {
                 propagation_policy: Some(PropagationPolicy::Orphan),
@@ -246,7 +251,7 @@ impl TargetWorkload {
         }
         api.create(&PostParams::default(), &plan::statefulset_to_recreate(&desired, 0))
             .await?;
-        Ok(())
+        Ok(original)
     }
 
     async fn wait_statefulset_gone(&self, api: &Api<StatefulSet>) -> Result<()> {

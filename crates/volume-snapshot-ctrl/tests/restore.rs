@@ -6,7 +6,8 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::ResourceExt as _;
 use kube::api::Api;
 use serde_json::json;
 use stowage_api::{VolumeRestore, VolumeRestorePhase};
@@ -482,6 +483,119 @@ async fn a_restore_interrupted_after_the_scale_down_is_finished_by_the_next_cont
         assert_eq!(mounted_claims(&client, &ns, "app").await?, vec![new_pvc.clone()]);
         let new_dir = volume_dir(&client, &ns, &new_pvc).await?;
         assert_eq!(files(&new_dir).get("state").map(String::as_str), Some("v1\n"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_restore_waiting_for_its_workload_puts_the_application_back() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("vr-cancel", |client, ns| async move {
+        let _controller = start_controller(&client, &ns).await?;
+        let store = tempfile::tempdir()?;
+        let storage = filesystem_storage(&client, &ns, store.path()).await?;
+        let old_dir = pvc(&client, &ns, "data").await?;
+        write_files(&old_dir, BEFORE)?;
+        let copy = json!({ "pvcNames": ["data"], "copy": { "storage": { "name": storage } } });
+        backup(&client, &ns, "offsite", copy).await?;
+        // The application only starts on a volume holding `ok`, which the copy lacks: on the
+        // restored claim it never runs ready, so the restore is still waiting for it (for
+        // minutes) when it is deleted.
+        write_files(&old_dir, &[("ok", "yes\n")])?;
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": { "name": "app" },
+            "spec": {
+                "replicas": 1,
+                "selector": { "matchLabels": { "app": "app" } },
+                "template": {
+                    "metadata": { "labels": { "app": "app" } },
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{
+                            "name": "app", "image": "debian:12",
+                            "command": ["sh", "-c", "test -f /data/ok && exec sleep 100000"],
+                            "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+                        }],
+                        "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": "data" } }],
+                    },
+                },
+            },
+        }))?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        deployments.create(&Default::default(), &deployment).await?;
+        wait_ready(&client, &ns, "Deployment", "app", 1).await?;
+
+        create::<VolumeRestore>(
+            &client,
+            &ns,
+            "unwanted",
+            json!({
+                "volumeBackupName": "offsite",
+                "source": "Copy",
+                "target": { "applicationRef": { "kind": "Deployment", "name": "app" } },
+                "deleteOldPVCs": true,
+            }),
+        )
+        .await?;
+        let restores: Api<VolumeRestore> = Api::namespaced(client.clone(), &ns);
+        let state = wait_for("the restore to re-point the workload and scale it up", || async {
+            let state = restores.get("unwanted").await?.status.unwrap_or_default();
+            let repointed = condition(&state.conditions, "Repointed").0 == "True";
+            Ok(repointed.then_some(state))
+        })
+        .await?;
+        let new_pvc = state.volumes[0].pvc.clone();
+        wait_for("the application to try the restored claim", || async {
+            Ok(mounted_claims(&client, &ns, "app")
+                .await?
+                .contains(&new_pvc)
+                .then_some(()))
+        })
+        .await?;
+
+        restores.delete("unwanted", &Default::default()).await?;
+        wait_for("the VolumeRestore to be deleted", || async {
+            Ok(restores.get_opt("unwanted").await?.is_none().then_some(()))
+        })
+        .await?;
+        // The wait for the workload was cancelled and the restore rolled back, minutes before
+        // its timeout.
+        wait_events(&client, &ns, "unwanted", &["RollingBack", "RestoreCancelled"]).await?;
+        let events = stowage_e2e::support::events(&client, &ns, "unwanted").await?;
+        let (_, message) = events.iter().find(|(reason, _)| reason == "RestoreCancelled").unwrap();
+        assert!(message.contains("was deleted during its restore"), "{message}");
+        assert!(
+            message.contains("Deployment 'app' is back on its old claims"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("deleted the new PVCs {new_pvc}")),
+            "{message}"
+        );
+        assert!(message.contains("scaled back to 1 ready replicas"), "{message}");
+
+        // The application runs on its old claim with its former replica, the new claim and
+        // the fill Pod are gone, and the old data is untouched.
+        wait_ready(&client, &ns, "Deployment", "app", 1).await?;
+        assert_eq!(deployments.get("app").await?.spec.unwrap().replicas, Some(1));
+        assert_eq!(mounted_claims(&client, &ns, "app").await?, ["data"]);
+        wait_for("the new PVC to be deleted", || async {
+            Ok((pvc_names(&client, &ns).await? == ["data"]).then_some(()))
+        })
+        .await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let others: Vec<String> = pods
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.labels().get("app").map(String::as_str) != Some("app"))
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(others, Vec::<String>::new(), "temporary Pods left");
+        assert_eq!(files(&old_dir).len(), BEFORE.len() + 1);
         Ok(())
     })
     .await
