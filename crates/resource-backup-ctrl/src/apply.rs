@@ -2,15 +2,14 @@
 //! dispatch each ready object (up to [`CONCURRENCY`] at a time) to be applied with server-side
 //! apply, or planned for a dry run, and fold the outcomes into the report. Workloads named by
 //! the ResourceSet's controllerReferences are held at zero replicas meanwhile and always
-//! scaled back; prune runs last.
+//! scaled back (after a failure or a cancellation too); prune runs last. A cancelled restore
+//! stops between objects (see restore.rs).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 use stowage_api::resource_restore::ExistingResourcePolicy;
@@ -23,11 +22,10 @@ use crate::plan::{self, Step, Tier};
 use crate::reader::{ArchiveStream, Item, Source};
 use crate::restore::{FIELD_MANAGER, Options, PlanList, Progress, Report, Verified, read_object};
 use crate::selector::ResourceType;
+use crate::waits::{self, retry};
 
 /// Objects applied at once (objects of one level do not depend on each other).
 const CONCURRENCY: usize = 8;
-const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
-const ATTEMPTS: u32 = 4;
 
 /// What every in-flight object reads.
 struct Shared {
@@ -131,7 +129,14 @@ pub(crate) async fn run(
         other => other,
     };
     scale_back(scaled, &mut report).await;
-    pruned.map(|()| report)
+    match pruned {
+        Ok(()) => Ok(report),
+        Err(Error::Cancelled) => {
+            report.cancelled = true;
+            Ok(report)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 struct Passes<'a> {
@@ -148,9 +153,10 @@ struct Passes<'a> {
 
 impl Passes<'_> {
     async fn run(&mut self, source: &Source, encryption: Option<&EncryptionConfig>) -> Result<()> {
+        let cancel = self.shared.options.cancel.clone();
         while !self.verified.schedule.is_complete() {
             self.report.passes += 1;
-            let mut stream = ArchiveStream::open(source, stowage_core::Progress::default());
+            let mut stream = ArchiveStream::open_until(source, stowage_core::Progress::default(), cancel.clone());
             let mut in_flight = FuturesUnordered::new();
             let mut dispatched = 0;
             while let Some(item) = stream.next().await {
@@ -176,12 +182,16 @@ impl Passes<'_> {
                     self.drain(&mut in_flight).await;
                 }
                 if crds_first {
-                    self.wait_for_crds().await;
+                    self.wait_for_crds().await?;
                 }
                 while in_flight.len() >= CONCURRENCY {
                     if let Some(done) = in_flight.next().await {
                         self.fold(done);
                     }
+                }
+                // Between objects: the ones in flight finish, no other starts.
+                if cancel.is_cancelled() {
+                    break;
                 }
                 let (entry, object) = read_object(&source.path, &self.shared.served, encryption, path, &data)?;
                 let step = Step::new(entry, object, &self.shared.options.selection);
@@ -194,6 +204,9 @@ impl Passes<'_> {
                 }
             }
             self.drain(&mut in_flight).await;
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             // Done early: the rest of the archive need not be downloaded (this pass's objects
             // were checked against the verified digests one by one).
             if self.verified.schedule.is_complete() {
@@ -208,8 +221,7 @@ impl Passes<'_> {
                 });
             }
         }
-        self.wait_for_crds().await;
-        Ok(())
+        self.wait_for_crds().await
     }
 
     async fn drain<F: Future<Output = Done>>(&mut self, in_flight: &mut FuturesUnordered<F>) {
@@ -218,15 +230,17 @@ impl Passes<'_> {
         }
     }
 
-    async fn wait_for_crds(&mut self) {
+    async fn wait_for_crds(&mut self) -> Result<()> {
         if self.shared.options.dry_run {
             self.pending_crds.clear();
         }
+        let cancel = &self.shared.options.cancel;
         for (label, name) in std::mem::take(&mut self.pending_crds) {
-            if let Err(reason) = wait_established(&self.shared.client, &name).await {
-                self.report.fail(label, reason);
+            if !waits::established(&self.shared.client, &name, cancel).await? {
+                self.report.fail(label, waits::not_established());
             }
         }
+        Ok(())
     }
 
     /// What `step` needs from the run so far: its owners' new UIDs and whether it is held at
@@ -343,7 +357,7 @@ async fn restore_one(
     let label = step.label();
     let resource = &step.entry.resource;
     let api = api_for(&shared.client, resource, step.namespace.as_deref());
-    let live = retry(resource, || api.get_opt(&step.name))
+    let live = retry(resource, &shared.options.cancel, || api.get_opt(&step.name))
         .await
         .map_err(|e| Error::kube(format!("reading {label}"), e))?;
     if live.is_some() && shared.options.policy == ExistingResourcePolicy::Skip {
@@ -372,9 +386,11 @@ async fn restore_one(
         };
         let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
         let patch = Patch::Apply(&desired);
-        let after = retry(resource, || api.patch(&step.name, &params, &patch))
-            .await
-            .map_err(|e| Error::kube(format!("dry-run applying {label}"), e))?;
+        let after = retry(resource, &shared.options.cancel, || {
+            api.patch(&step.name, &params, &patch)
+        })
+        .await
+        .map_err(|e| Error::kube(format!("dry-run applying {label}"), e))?;
         let fields = plan::changed_fields(&json(&live), &json(&after));
         return Ok(if fields.is_empty() {
             done.listed = Some((|p| &mut p.unchanged, label));
@@ -386,9 +402,11 @@ async fn restore_one(
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let patch = Patch::Apply(&desired);
-    let applied = retry(resource, || api.patch(&step.name, &params, &patch))
-        .await
-        .map_err(|e| Error::kube(format!("applying {label}"), e))?;
+    let applied = retry(resource, &shared.options.cancel, || {
+        api.patch(&step.name, &params, &patch)
+    })
+    .await
+    .map_err(|e| Error::kube(format!("applying {label}"), e))?;
     let status = &step.object["status"];
     let status_changed = if status.is_object()
         && shared
@@ -397,9 +415,11 @@ async fn restore_one(
     {
         let patch = Patch::Merge(json!({ "status": status }));
         let status_params = PatchParams::default();
-        let patched = retry(resource, || api.patch_status(&step.name, &status_params, &patch))
-            .await
-            .map_err(|e| Error::kube(format!("restoring the status of {label}"), e))?;
+        let patched = retry(resource, &shared.options.cancel, || {
+            api.patch_status(&step.name, &status_params, &patch)
+        })
+        .await
+        .map_err(|e| Error::kube(format!("restoring the status of {label}"), e))?;
         patched.data.get("status") != live.as_ref().and_then(|l| l.data.get("status"))
     } else {
         false
@@ -506,7 +526,7 @@ async fn scale_back(scaled: Vec<Scaled>, report: &mut Report) {
         let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
         let name = &workload.key.2;
         match workload.api.patch_scale(name, &PatchParams::default(), &patch).await {
-            Ok(_) => {}
+            Ok(_) => report.scaled_back += 1,
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => report.fail(
                 workload.label,
@@ -523,51 +543,5 @@ pub fn api_for(client: &kube::Client, resource: &ResourceType, namespace: Option
     match namespace.filter(|_| resource.namespaced) {
         Some(namespace) => Api::namespaced_with(client.clone(), namespace, &api_resource),
         None => Api::all_with(client.clone(), &api_resource),
-    }
-}
-
-/// Retries transient API errors (throttling, server errors, conflicts, and a custom resource
-/// type not served yet right after its CRD) a few times with growing pauses.
-async fn retry<T, F, Fut>(resource: &ResourceType, mut call: F) -> Result<T, kube::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, kube::Error>>,
-{
-    let custom = resource.group.contains('.') && !resource.group.ends_with("k8s.io");
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(kube::Error::Api(status))
-                if attempt < ATTEMPTS
-                    && (matches!(status.code, 409 | 429 | 500 | 502 | 503 | 504) || (custom && status.code == 404)) =>
-            {
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn wait_established(client: &kube::Client, name: &str) -> Result<(), String> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let deadline = tokio::time::Instant::now() + ESTABLISH_TIMEOUT;
-    loop {
-        let established = api.get_opt(name).await.ok().flatten().is_some_and(|crd| {
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "not Established after {ESTABLISH_TIMEOUT:?}: its custom resources may fail"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -52,6 +52,11 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The restore was stopped between objects: its ResourceRestore was deleted, or the
+    /// controller is stopping. Never shown as a failure: the reconciler records a cancellation.
+    #[error("the restore was cancelled")]
+    Cancelled,
+
     /// Reading or writing the archive stream failed.
     #[error("{what}: {source}")]
     Io {
@@ -89,6 +94,7 @@ impl Error {
             Error::Core(_) => "StorageError",
             Error::Json { .. } => "SerializationError",
             Error::Io { .. } => "StreamError",
+            Error::Cancelled => stowage_operator::cancel::CANCELLED,
         }
     }
 

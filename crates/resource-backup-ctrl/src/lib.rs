@@ -17,8 +17,10 @@ pub mod reader;
 mod reconcile;
 pub mod restore;
 mod restore_ctrl;
+mod restore_stop;
 pub mod schedule;
 pub mod selector;
+mod waits;
 
 pub use error::{Error, Result};
 
@@ -26,6 +28,7 @@ use std::sync::Arc;
 
 use kube::runtime::{Controller, watcher};
 use stowage_api::{ResourceBackup, ResourceRestore};
+use stowage_operator::cancel;
 use stowage_operator::{Context, run_controller};
 
 pub use backup_ctrl::FINALIZER;
@@ -61,11 +64,17 @@ pub async fn run_selected(kit: Arc<Context>, label_selector: Option<&str>) -> an
     // Each run is one long reconcile; kube never reconciles the same object twice at once.
     let client = ctx.kit.client.clone();
     let backups = Controller::new(kube::Api::<ResourceBackup>::all(client.clone()), config.clone());
-    let restores = Controller::new(kube::Api::<ResourceRestore>::all(client), config);
+    // The one watch of restores also tells a running restore that its object was deleted.
+    // Tests share a cluster through the label selector: an object whose label is removed
+    // leaves the watch as if deleted, so its run is cancelled (it is no longer this one's).
+    let (stream, store, runs) = cancel::watch(kube::Api::<ResourceRestore>::all(client), config);
+    let restores = Controller::for_stream(stream, store);
     let shutdown = ctx.kit.shutdown.clone();
     tokio::join!(
         run_controller(backups, ctx.clone(), shutdown.clone(), backup_ctrl::reconcile),
-        run_controller(restores, ctx.clone(), shutdown, restore_ctrl::reconcile),
+        run_controller(restores, ctx.clone(), shutdown, move |restore, ctx| {
+            restore_ctrl::reconcile(restore, ctx, runs.clone())
+        }),
     );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Prune: after a restore, delete the objects the backup's ResourceSet selects in this
 //! cluster but the archive does not hold, then wait (up to deleteTimeoutSeconds) until they
 //! are gone. Dry runs only list them. Objects with a controller (a ReplicaSet's Pods, a
-//! Deployment's ReplicaSets) are left to that controller: they come and go with it.
+//! Deployment's ReplicaSets) are left to that controller: they come and go with it. A
+//! cancelled restore deletes nothing more and stops waiting (`Error::Cancelled`).
 
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use serde_json::Value;
@@ -37,6 +38,9 @@ pub async fn run(
             params = params.labels(&labels);
         }
         loop {
+            if options.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             let page = api
                 .list(&params)
                 .await
@@ -79,6 +83,10 @@ pub async fn run(
                     report.list(|p| &mut p.delete, label);
                     continue;
                 }
+                // Between objects: what was deleted stays deleted (and counted), nothing more is.
+                if options.cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
                 let target = api_for(client, &served.resource, info.namespace.as_deref());
                 let outcome = target.delete(&info.name, &DeleteParams::background()).await;
                 match outcome {
@@ -99,21 +107,14 @@ pub async fn run(
     }
     let deadline = tokio::time::Instant::now() + options.delete_timeout;
     for (api, name, label) in deleting {
-        loop {
-            match api.get_opt(&name).await {
-                Ok(None) => break,
-                Ok(Some(_)) | Err(_) if tokio::time::Instant::now() >= deadline => {
-                    report.fail(
-                        label,
-                        format!(
-                            "pruned but still present after {:?} (finalizers?)",
-                            options.delete_timeout
-                        ),
-                    );
-                    break;
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
-            }
+        if !crate::waits::gone(&api, &name, deadline, &options.cancel).await? {
+            report.fail(
+                label,
+                format!(
+                    "pruned but still present after {:?} (finalizers?)",
+                    options.delete_timeout
+                ),
+            );
         }
     }
     Ok(())

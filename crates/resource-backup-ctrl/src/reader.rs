@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use stowage_core::{Identities, Progress, RestoreRequest};
+use stowage_operator::cancel::CancellableRead;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::archive::{INDEX_PATH, RESOURCE_SET_PATH};
 use crate::error::{Error, Result};
@@ -66,11 +68,20 @@ pub struct ArchiveStream {
     restore: tokio::task::JoinHandle<stowage_core::Result<stowage_core::Manifest>>,
     parser: tokio::task::JoinHandle<std::io::Result<()>>,
     path: String,
+    cancel: CancellationToken,
 }
 
 impl ArchiveStream {
     /// Starts downloading `source`; the payload's bytes are counted in `progress`.
     pub fn open(source: &Source, progress: Progress) -> ArchiveStream {
+        ArchiveStream::open_until(source, progress, CancellationToken::new())
+    }
+
+    /// [`open`](ArchiveStream::open), stopped once `cancel` fires: the tar reader's source
+    /// fails (so it stops even in the middle of an entry), [`next`](ArchiveStream::next) ends
+    /// and [`finish`](ArchiveStream::finish) says [`Error::Cancelled`] without waiting for the
+    /// download, which dropping the stream aborts.
+    pub fn open_until(source: &Source, progress: Progress, cancel: CancellationToken) -> ArchiveStream {
         let (sink, pipe) = tokio::io::duplex(PIPE_BYTES);
         let mut request = RestoreRequest::new(source.store.clone(), source.path.clone());
         request.identities = source.identities.clone();
@@ -81,25 +92,42 @@ impl ArchiveStream {
             // The sink drops here: on failure the parser sees the stream end early.
         });
         let (sender, items) = mpsc::channel(ENTRIES_AHEAD);
+        let pipe = CancellableRead::new(pipe, cancel.clone());
         let parser = tokio::task::spawn_blocking(move || parse(tokio_util::io::SyncIoBridge::new(pipe), &sender));
         ArchiveStream {
             items,
             restore,
             parser,
             path: source.path.clone(),
+            cancel,
         }
     }
 
-    /// The next entry, or None at the end of the tar (or when reading failed: see [`finish`]).
+    /// The next entry, or None at the end of the tar (or when reading failed or was cancelled:
+    /// see [`finish`]).
     ///
     /// [`finish`]: ArchiveStream::finish
     pub async fn next(&mut self) -> Option<Item> {
-        self.items.recv().await
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => None,
+            item = self.items.recv() => item,
+        }
     }
 
     /// Reads what is left and says whether the whole pass was sound. The data path's verdict
     /// (manifest, size, SHA-256, age key) comes first: a damaged payload also breaks the tar.
     pub async fn finish(mut self) -> Result<()> {
+        let cancel = self.cancel.clone();
+        // A stalled download would keep a cancelled run waiting here: it is aborted on drop.
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(Error::Cancelled),
+            settled = self.settle() => settled,
+        }
+    }
+
+    async fn settle(&mut self) -> Result<()> {
         while self.items.recv().await.is_some() {}
         let restored = (&mut self.restore).await;
         let parsed = (&mut self.parser).await;

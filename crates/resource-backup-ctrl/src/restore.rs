@@ -24,6 +24,12 @@
 //!    is applied. A backup writes types in restore order, so usually one pass applies
 //!    everything; a pass stops downloading once nothing is left.
 //!
+//! A restore stops between objects once `Options::cancel` fires (its ResourceRestore deleted,
+//! the controller stopping): the objects in flight finish their requests, nothing more is
+//! applied or pruned, the waits (CRDs Established, pruned objects gone, retry pauses) end at
+//! once, the archive's download is aborted, and the workloads held at zero replicas are scaled
+//! back as after a failure. What was applied stays applied: the report says how much.
+//!
 //! The alternatives cost more: holding the objects (the old design) grows with the archive;
 //! spilling them to disk needs a volume and leaves plaintext behind; reading the index first
 //! is impossible without random access. Two downloads of an archive are cheap next to one API
@@ -40,6 +46,7 @@ use kube::api::{Api, ListParams};
 use serde_json::Value;
 use stowage_api::resource_restore::{ExistingResourcePolicy, MAX_LISTED, ObjectFailure, RestoreCounts, RestorePlan};
 use stowage_api::resource_set::ResourceSetSpec;
+use tokio_util::sync::CancellationToken;
 
 use crate::archive;
 use crate::backup::{Served, discover};
@@ -61,6 +68,8 @@ pub struct Options {
     pub prune: bool,
     pub dry_run: bool,
     pub delete_timeout: Duration,
+    /// Stops the restore between objects when cancelled (never cancelled by default).
+    pub cancel: CancellationToken,
 }
 
 /// What a restore did, or would do.
@@ -73,6 +82,11 @@ pub struct Report {
     pub orphaned: Vec<String>,
     /// Times the archive was read: once to verify it, then once per apply pass.
     pub passes: u32,
+    /// Workloads held at zero replicas during the restore and given their replicas back.
+    pub scaled_back: u64,
+    /// True when the restore was cancelled before it finished: the counts say what was done
+    /// until then, and it stays done.
+    pub cancelled: bool,
 }
 
 impl Report {
@@ -192,7 +206,26 @@ pub async fn run(
         ));
     }
     let served = discover(client).await?;
-    let verified = verify_with(&served, source, encryption, &options.selection, progress).await?;
+    let verified = verify_with(
+        &served,
+        source,
+        encryption,
+        &options.selection,
+        progress,
+        &options.cancel,
+    )
+    .await;
+    let verified = match verified {
+        // Nothing was applied yet.
+        Err(Error::Cancelled) => {
+            return Ok(Report {
+                passes: 1,
+                cancelled: true,
+                ..Report::default()
+            });
+        }
+        verified => verified?,
+    };
     crate::apply::run(client, served, source, encryption, verified, options, progress).await
 }
 
@@ -205,7 +238,8 @@ pub async fn verify(
     selection: &plan::Selection,
 ) -> Result<Verified> {
     let served = discover(client).await?;
-    verify_with(&served, source, encryption, selection, &Progress::default()).await
+    let never = CancellationToken::new();
+    verify_with(&served, source, encryption, selection, &Progress::default(), &never).await
 }
 
 async fn verify_with(
@@ -214,13 +248,14 @@ async fn verify_with(
     encryption: Option<&EncryptionConfig>,
     selection: &plan::Selection,
     progress: &Progress,
+    cancel: &CancellationToken,
 ) -> Result<Verified> {
     let mut survey = Survey::default();
     let mut archived = Archived::new(RandomState::new());
     let mut status_kinds = HashSet::new();
     let (mut resource_set, mut index) = (None, None);
     let mut failure = None;
-    let mut stream = ArchiveStream::open(source, stowage_core::Progress::default());
+    let mut stream = ArchiveStream::open_until(source, stowage_core::Progress::default(), cancel.clone());
     while let Some(item) = stream.next().await {
         if failure.is_some() {
             continue; // Read on: the data path's verdict explains a failure best.

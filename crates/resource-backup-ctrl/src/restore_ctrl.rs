@@ -1,6 +1,7 @@
 //! The ResourceRestore reconciler: find the archive (a ResourceBackup's, or a path in a
 //! BackupStorage), fetch and verify it whole, then apply or plan it and record the counts,
-//! the bounded failure list and, for dry runs, the plan. A restore is one run.
+//! the bounded failure list and, for dry runs, the plan. A restore is one run, cancelled
+//! between objects when its ResourceRestore is deleted (restore_stop.rs).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ use stowage_api::resource_backup::ResourceBackupPhase;
 use stowage_api::resource_restore::{ResourceRestorePhase, ResourceRestoreProgress, ResourceRestoreStatus};
 use stowage_api::{ResourceBackup, ResourceRestore};
 use stowage_core::Identities;
+use stowage_operator::cancel::Registry;
 use stowage_operator::conditions::to_time;
 use stowage_operator::{Context, Error, Result, resolve_storage, secrets, status};
 
@@ -21,11 +23,17 @@ use crate::plan::Selection;
 use crate::reader::Source;
 use crate::reconcile::{encryption_config, report_progress, set_conditions, to_kit};
 use crate::restore::{self, Options};
+use crate::restore_stop;
 
 const KIND: &str = "ResourceRestore";
 const DEFAULT_DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>) -> Result<Action> {
+/// Reconciles one ResourceRestore. `runs` cancels a running restore whose object is deleted.
+pub async fn reconcile(
+    object: Arc<ResourceRestore>,
+    rctx: Arc<ResourceContext>,
+    runs: Registry<ResourceRestore>,
+) -> Result<Action> {
     let ctx = rctx.kit.clone();
     let api: Api<ResourceRestore> = Api::all(ctx.client.clone());
     let name = object.name_any();
@@ -57,6 +65,10 @@ pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>)
         }
         ResourceRestorePhase::Pending => {}
     }
+    // Being deleted (held by someone else's finalizer): a restore nobody wants never starts.
+    if object.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
     let (source, store, path, identities, encryption) = match prepare(&object, &ctx).await {
         Ok(prepared) => prepared,
         Err(error) if error.awaits_change() => return finish_failed(&object, &api, state, error, &ctx).await,
@@ -77,6 +89,8 @@ pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>)
         }
     };
 
+    // Registered before the run starts, so a deletion at any moment from here on cancels it.
+    let cancel = runs.register(object.as_ref(), &ctx.shutdown);
     state.phase = ResourceRestorePhase::Running;
     state.start_time = Some(to_time(ctx.now()));
     state.source = Some(source.clone());
@@ -99,7 +113,8 @@ pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>)
     ctx.normal(object.as_ref(), "RestoreStarted", message).await;
 
     let started = std::time::Instant::now();
-    let options = options(&object);
+    let mut options = options(&object);
+    options.cancel = cancel.token();
     let progress = restore::Progress {
         outcomes: Some(rctx.metrics.restore_objects.clone()),
         ..Default::default()
@@ -124,18 +139,28 @@ pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>)
     let in_progress = ctx.metrics.runs_in_progress.with_label_values(&[KIND, "Restore"]);
     in_progress.inc();
     let archive = Source::new(store, &path, identities);
-    let run = restore::run(&ctx.client, &archive, encryption.as_ref(), &options, &progress);
-    let outcome = tokio::select! {
-        outcome = run => outcome.map_err(to_kit),
-        _ = ctx.shutdown.cancelled() => Err(Error::permanent("Interrupted", "the controller stopped during the restore; some objects may have been applied: create a new ResourceRestore to finish it")),
-    };
+    // The controller stopping cancels the run too, between objects: its workloads are scaled
+    // back before the controller goes.
+    let outcome = restore::run(&ctx.client, &archive, encryption.as_ref(), &options, &progress).await;
     in_progress.dec();
+    // No progress write may race the final status.
     drop(reporter);
     state.progress = Some(snapshot());
     let seconds = started.elapsed().as_secs_f64();
-    let report = match outcome {
-        Ok(report) => report,
-        Err(error) => {
+    // A restore that finished is recorded as such, even if its object was deleted meanwhile.
+    let stop = match &outcome {
+        Ok(report) if !report.cancelled => None,
+        Ok(_) => cancel.stop(),
+        Err(_) => cancel.stop_after_failure(&api, object.as_ref()).await,
+    };
+    drop(cancel);
+    let report = match (outcome, stop) {
+        (outcome, Some(stop)) => {
+            return restore_stop::record(&object, &api, state, outcome, stop, seconds, &rctx).await;
+        }
+        (Ok(report), None) => report,
+        (Err(error), None) => {
+            let error = to_kit(error);
             ctx.metrics.run_finished(KIND, "Restore", error.reason(), seconds);
             return finish_failed(&object, &api, state, error, &ctx).await;
         }
@@ -147,10 +172,7 @@ pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>)
             .with_label_values(&["Deleted"])
             .inc_by(counts.deleted);
     }
-    let summary = format!(
-        "{} created, {} updated, {} unchanged, {} skipped, {} deleted, {} failed",
-        counts.created, counts.updated, counts.unchanged, counts.skipped, counts.deleted, counts.failed
-    );
+    let summary = restore_stop::summary(counts);
     let (phase, reason, message) = match (counts.failed, object.spec.dry_run) {
         (0, true) => (
             ResourceRestorePhase::Succeeded,
@@ -183,7 +205,7 @@ pub async fn reconcile(object: Arc<ResourceRestore>, rctx: Arc<ResourceContext>)
         generation,
         &ctx,
     );
-    status::patch(&api, &name, &state).await?;
+    restore_stop::write(&api, &name, &state).await?;
     if phase == ResourceRestorePhase::Succeeded {
         ctx.normal(object.as_ref(), reason, message).await;
     } else {
@@ -210,6 +232,7 @@ fn options(object: &ResourceRestore) -> Options {
             .delete_timeout_seconds
             .and_then(|s| u64::try_from(s).ok())
             .map_or(DEFAULT_DELETE_TIMEOUT, Duration::from_secs),
+        cancel: Default::default(),
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use stowage_api::{BackupStorage, ResourceBackup, ResourceRestore, ResourceSet};
@@ -120,17 +122,17 @@ where
 }
 
 /// Waits for an Event with `reason` about cluster-scoped object `name` (they land in
-/// `default`); Events follow the status update that the test waited for.
-async fn wait_event(client: &kube::Client, name: &str, reason: &str) -> anyhow::Result<()> {
+/// `default`); Events follow the status update that the test waited for. Returns its message.
+async fn wait_event(client: &kube::Client, name: &str, reason: &str) -> anyhow::Result<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     wait_for(&format!("an Event {reason} about {name}"), || async {
         // Filtered here: the field selector does not see Events written through events.k8s.io/v1.
         let list = events.list(&ListParams::default()).await?;
-        let found = list.items.iter().any(|e| {
+        let found = list.items.into_iter().find(|e| {
             e.involved_object.name.as_deref() == Some(name)
                 && (reason.is_empty() || e.reason.as_deref() == Some(reason))
         });
-        Ok(found.then_some(()))
+        Ok(found.map(|e| e.message.unwrap_or_default()))
     })
     .await
 }
@@ -403,6 +405,140 @@ async fn bad_input_ends_with_a_clear_condition_and_an_event_and_applies_nothing(
             Api::<ResourceSet>::all(client.clone()).delete(&name, &Default::default()).await?;
         }
         Api::<Namespace>::all(client.clone()).delete(&config_ns, &Default::default()).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// A CRD `<plural>.<group>` of kind Gadget. Two of one group: the apiserver accepts the names
+/// of the first, and refuses the second's (KindConflict), which is then never Established.
+fn gadget_crd(group: &str, plural: &str) -> anyhow::Result<CustomResourceDefinition> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"kind": "Gadget", "plural": plural, "listKind": "GadgetList"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+    }))?)
+}
+
+#[tokio::test]
+async fn deleting_a_running_restore_cancels_it_between_objects_and_scales_its_workload_back() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    let s3 = S3Server::start("backups").await?;
+    bed.with_namespace("rbk-cancel", |client, ns| async move {
+        let config_ns = stowage_e2e::namespace::create_namespace(&client, "rbk-cancel-config").await?;
+        let _controllers = start(&client, &config_ns, &ns).await?;
+        populate(&client, &ns).await?;
+        let storage = format!("{ns}-s3");
+        s3_storage(&client, &s3, &config_ns, &storage).await?;
+
+        // A restore applies its CRDs first and waits until they are Established (a minute at
+        // most each) before anything else: three that never are hold the restore there, with
+        // only its CRDs applied, for three minutes. A cancellation that did not end the wait
+        // would be recorded after the Event wait below gave up.
+        let group = format!("{ns}.stowage.io");
+        let accepted = format!("gadgets.{group}");
+        let refused: Vec<String> = ["doubles", "triples", "quads"].map(|p| format!("{p}.{group}")).into();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        stowage_e2e::crds::apply_crds(&client, &[gadget_crd(&group, "gadgets")?]).await?;
+        for plural in ["doubles", "triples", "quads"] {
+            crds.create(&PostParams::default(), &gadget_crd(&group, plural)?)
+                .await?;
+        }
+        for name in &refused {
+            wait_for(&format!("CRD {name} to be refused its names"), || async {
+                let conditions = crds
+                    .get(name)
+                    .await?
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default();
+                let names_refused = conditions
+                    .iter()
+                    .any(|c| c.type_ == "NamesAccepted" && c.status == "False");
+                Ok(names_refused.then_some(()))
+            })
+            .await?;
+        }
+
+        let mut set = serde_json::to_value(resource_set(&ns))?;
+        let mut names = refused.clone();
+        names.push(accepted.clone());
+        set["resourceSelectors"][1]["resourceNames"] = json!(names);
+        create::<ResourceSet>(&client, &ns, "ResourceSet", &ns, set).await?;
+        create::<ResourceBackup>(
+            &client,
+            &ns,
+            "ResourceBackup",
+            &ns,
+            json!({"resourceSetName": ns, "storage": {"name": storage}, "retainPolicy": "Delete"}),
+        )
+        .await?;
+        let status = phase::<ResourceBackup>(&client, &ns, &["Succeeded", "Failed"]).await?;
+        assert_eq!(status["phase"], "Succeeded", "{status}");
+        // Lost since the backup: a restore that ran to the end would bring it back.
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        config_maps.delete("settings", &Default::default()).await?;
+
+        let restore = format!("{ns}-restore");
+        create::<ResourceRestore>(&client, &ns, "ResourceRestore", &restore, json!({"backupName": ns})).await?;
+        // The Deployment (a controllerReference) held at zero: the archive is verified and
+        // being applied, and the restore is kept waiting for the refused CRD.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let replicas = || async { anyhow::Ok(deployments.get("web").await?.spec.and_then(|s| s.replicas)) };
+        wait_for("the restore to hold Deployment web at zero replicas", || async {
+            Ok((replicas().await? == Some(0)).then_some(()))
+        })
+        .await?;
+        let restores: Api<ResourceRestore> = Api::all(client.clone());
+        restores.delete(&restore, &Default::default()).await?;
+        wait_for(&format!("ResourceRestore {restore} to be gone"), || async {
+            Ok(restores.get_opt(&restore).await?.is_none().then_some(()))
+        })
+        .await?;
+
+        // Recorded as cancelled, not as a restore that ran on after its object was deleted.
+        let message = wait_event(&client, &restore, "RestoreCancelled").await?;
+        assert!(
+            message.starts_with("the ResourceRestore was deleted during its restore of")
+                && message.contains("what was applied stays applied, nothing is rolled back")
+                && message.contains("the 1 workload(s) held at zero replicas were scaled back"),
+            "{message}"
+        );
+        let counted = message
+            .split_once("stopped after ")
+            .and_then(|(_, rest)| rest.split_once(" objects"))
+            .and_then(|(counts, _)| counts.split_once(" of "))
+            .and_then(|(done, total)| Some((done.parse::<u64>().ok()?, total.parse::<u64>().ok()?)));
+        assert!(
+            counted.is_some_and(|(done, total)| done < total),
+            "fewer than all objects: {message}"
+        );
+        assert_eq!(
+            replicas().await?,
+            Some(2),
+            "scaled back to its replicas before the restore"
+        );
+        assert!(
+            config_maps.get_opt("settings").await?.is_none(),
+            "the restore stopped before the namespace's objects"
+        );
+
+        Api::<ResourceBackup>::all(client.clone())
+            .delete(&ns, &Default::default())
+            .await?;
+        Api::<ResourceSet>::all(client.clone())
+            .delete(&ns, &Default::default())
+            .await?;
+        // The refused CRDs first, so that none takes the names the other one gives up.
+        for name in refused.iter().chain([&accepted]) {
+            crds.delete(name, &Default::default()).await?;
+        }
+        Api::<Namespace>::all(client.clone())
+            .delete(&config_ns, &Default::default())
+            .await?;
         Ok(())
     })
     .await
