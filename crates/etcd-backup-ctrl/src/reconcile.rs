@@ -197,7 +197,7 @@ async fn cancelled(
     // the object may be gone already, and the Event is the record.
     match write_status(api, name, &status).await {
         Ok(()) => {}
-        Err(KitError::Kube(kube::Error::Api(response))) if response.code == 404 => {}
+        Err(error) if error.is_not_found() => {}
         Err(error) => return Err(error),
     }
     kit.normal(backup, "BackupCancelled", &message).await;

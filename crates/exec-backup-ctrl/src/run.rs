@@ -221,11 +221,6 @@ pub async fn delete_pod(ctx: &Context, namespace: &str, name: &str) {
     }
 }
 
-/// True when the API server said the object does not exist.
-pub fn is_not_found(error: &Error) -> bool {
-    matches!(error, Error::Kube(kube::Error::Api(status)) if status.code == 404)
-}
-
 /// Writes a run's final status ([`status::patch_final`]). An object deleted as its run ended
 /// has nowhere to keep it: the Event about the outcome is then the record.
 pub async fn write_final<K, S>(api: &Api<K>, name: &str, state: &S) -> Result<Option<K>>
@@ -235,7 +230,7 @@ where
 {
     match status::patch_final(api, name, state).await {
         Ok(object) => Ok(Some(object)),
-        Err(error) if is_not_found(&error) => Ok(None),
+        Err(error) if error.is_not_found() => Ok(None),
         Err(error) => Err(error),
     }
 }

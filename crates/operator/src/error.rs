@@ -58,6 +58,12 @@ impl Error {
         }
     }
 
+    /// True when the API server said the object does not exist (404): for a run's final status,
+    /// its object was deleted meanwhile, and the run's Event is then the record.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(response)) if response.code == 404)
+    }
+
     /// True when the error is the user's to fix: the reconciler waits for the object to change.
     pub fn awaits_change(&self) -> bool {
         match self {

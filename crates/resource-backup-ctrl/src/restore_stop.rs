@@ -115,7 +115,7 @@ pub(crate) async fn record(
 pub(crate) async fn write(api: &Api<ResourceRestore>, name: &str, state: &ResourceRestoreStatus) -> Result<()> {
     match status::patch(api, name, state).await {
         Ok(_) => Ok(()),
-        Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => Ok(()),
+        Err(error) if error.is_not_found() => Ok(()),
         Err(error) => Err(error),
     }
 }

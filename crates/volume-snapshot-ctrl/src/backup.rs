@@ -468,7 +468,7 @@ impl Run {
         step::failed(&mut self.state, error, generation, now);
         // Without a finalizer the object may be gone already: the Event is then the record.
         match status::patch_final(&self.api, &self.backup.name_any(), &self.state).await {
-            Err(Error::Kube(kube::Error::Api(response))) if response.code == 404 => {}
+            Err(error) if error.is_not_found() => {}
             written => {
                 written?;
             }

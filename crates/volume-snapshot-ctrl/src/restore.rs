@@ -134,7 +134,7 @@ impl Run {
     /// rolls back: that must go on, and its Events are then the record.
     async fn save(&self) -> Result<()> {
         match status::patch(&self.api, &self.name(), &self.state).await {
-            Err(error) if cancelling::is_gone(&error) => Ok(()),
+            Err(error) if error.is_not_found() => Ok(()),
             written => written.map(drop),
         }
     }
@@ -554,7 +554,7 @@ impl Run {
     /// Writes the status that records the outcome; see [`Run::save`] for a deleted restore.
     async fn save_final(&self) -> Result<()> {
         match status::patch_final(&self.api, &self.name(), &self.state).await {
-            Err(error) if cancelling::is_gone(&error) => Ok(()),
+            Err(error) if error.is_not_found() => Ok(()),
             written => written.map(drop),
         }
     }

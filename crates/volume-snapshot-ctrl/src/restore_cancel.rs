@@ -56,8 +56,3 @@ pub fn interrupted() -> Error {
         "the controller stopped during the restore; every step so far is in status, and the next controller resumes it",
     )
 }
-
-/// Whether `error` is the API server saying the object is gone (404).
-pub fn is_gone(error: &Error) -> bool {
-    matches!(error, Error::Kube(kube::Error::Api(response)) if response.code == 404)
-}
