@@ -141,7 +141,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         writeln!(
             report,
             "| {} | {:.0} | {low:.0}–{high:.0} | {:.1} MiB | {:.2} |",
-            s.label.replace('|', "\\|"),
+            super::cell(&s.label),
             s.mb_per_s(),
             s.peak_rss_mib,
             s.seconds

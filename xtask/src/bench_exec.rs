@@ -110,7 +110,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         writeln!(
             report,
             "| {} | {:.0} | {low:.0}–{high:.0} | {:.1} MiB | {:.2} |",
-            m.label.replace('|', "\\|"),
+            super::cell(m.label),
             m.mb_per_s(),
             m.peak_rss_kib as f64 / 1024.0,
             m.seconds
