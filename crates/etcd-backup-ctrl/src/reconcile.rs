@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 use stowage_api::etcd_backup::{EtcdBackupProgress, RetainPolicy};
 use stowage_api::{ArtifactStatus, EtcdBackup, EtcdBackupPhase, EtcdBackupStatus};
-use stowage_core::{Progress, catalog, human_bytes};
+use stowage_core::{catalog, human_bytes};
 use stowage_operator::cancel::{CANCELLED, Registry, Stop};
 use stowage_operator::conditions::{self, to_time};
 use stowage_operator::finalizer;
@@ -88,7 +87,7 @@ async fn attempt(
             .await;
             if status.attempts.unwrap_or(0) >= ctx.max_attempts {
                 let error = KitError::transient("Interrupted", "the controller stopped during every attempt");
-                return fail(backup, name, api, ctx, status, error, None).await;
+                return fail(backup, api, ctx, status, error, None).await;
             }
         }
         // The spec changed after a failure: start over.
@@ -99,7 +98,7 @@ async fn attempt(
     let now = kit.now();
     let Prepared { plan, target, storage } = match inputs::prepare(kit, backup, name, now).await {
         Ok(prepared) => prepared,
-        Err(error) => return fail(backup, name, api, ctx, status, error, None).await,
+        Err(error) => return fail(backup, api, ctx, status, error, None).await,
     };
     let generation = backup.metadata.generation;
     // Registered before the run starts, so a deletion at any moment from here on cancels it.
@@ -123,16 +122,22 @@ async fn attempt(
         generation,
         now,
     );
-    write_status(api, name, &status).await?;
+    // The progress reports start from the object as written, so each takes one request.
+    let running = write_status(api, backup, &status).await?;
     kit.normal(backup, "BackupStarted", &message).await;
 
     let in_progress = kit.metrics.runs_in_progress.with_label_values(&[KIND, "Backup"]);
     in_progress.inc();
     let started = Instant::now();
-    let ticker = tokio::spawn(report_progress(api.clone(), name.to_string(), plan.progress.clone()));
+    let progress = plan.progress.clone();
+    let reporter = stowage_operator::status::report_progress(api.clone(), running, PROGRESS_INTERVAL, move || {
+        json!({"progress": {
+            "plaintextBytes": progress.plaintext.bytes(),
+            "storedBytes": progress.stored.bytes(),
+        }})
+    });
     let result = backup::run(plan, &target, name, &cancel.token()).await;
-    ticker.abort();
-    let _ = ticker.await;
+    drop(reporter);
     in_progress.dec();
     let stop = match &result {
         Ok(_) => cancel.stop(),
@@ -147,16 +152,16 @@ async fn attempt(
         (Err(error), Some(Stop::Deleted)) => {
             // Failed on its own before the cancellation reached it: say how, too.
             let failure = (!matches!(error, crate::error::Error::Cancelled)).then(|| error.to_string());
-            cancelled(backup, name, api, ctx, status, failure, elapsed).await
+            cancelled(backup, api, ctx, status, failure, elapsed).await
         }
         (Err(_), Some(Stop::Shutdown)) => {
             let error = KitError::transient(
                 "Interrupted",
                 "the controller stopped during the backup; its uploads were aborted, and the next controller runs it again",
             );
-            fail(backup, name, api, ctx, status, error, Some(elapsed)).await
+            fail(backup, api, ctx, status, error, Some(elapsed)).await
         }
-        (Err(error), None) => fail(backup, name, api, ctx, status, error.into_kit(), Some(elapsed)).await,
+        (Err(error), None) => fail(backup, api, ctx, status, error.into_kit(), Some(elapsed)).await,
     }
 }
 
@@ -165,7 +170,6 @@ async fn attempt(
 /// so the deletion does not wait for a snapshot nobody wants.
 async fn cancelled(
     backup: &EtcdBackup,
-    name: &str,
     api: &Api<EtcdBackup>,
     ctx: &EtcdContext,
     mut status: EtcdBackupStatus,
@@ -195,13 +199,13 @@ async fn cancelled(
         .run_finished(KIND, "Backup", CANCELLED, elapsed.as_secs_f64());
     // The status first, so whoever sees the Event reads the final phase. Without a finalizer
     // the object may be gone already, and the Event is the record.
-    match write_status(api, name, &status).await {
-        Ok(()) => {}
-        Err(error) if error.is_not_found() => {}
+    let current = match write_status(api, backup, &status).await {
+        Ok(current) => Some(current),
+        Err(error) if error.is_not_found() => None,
         Err(error) => return Err(error),
-    }
+    };
     kit.normal(backup, "BackupCancelled", &message).await;
-    match api.get_opt(name).await? {
+    match current {
         Some(current) if current.metadata.deletion_timestamp.is_some() => finalize(&current, api, ctx).await,
         _ => Ok(Action::await_change()),
     }
@@ -257,7 +261,7 @@ async fn succeed(
         generation,
         now,
     );
-    write_status(api, name, &status).await?;
+    write_status(api, backup, &status).await?;
     kit.normal(backup, "BackupSucceeded", &message).await;
 
     let schedule = inputs::schedule_of(backup, name);
@@ -289,7 +293,6 @@ async fn succeed(
 /// for good (until the spec changes); anything else waits for the kit's backoff and retries.
 async fn fail(
     backup: &EtcdBackup,
-    name: &str,
     api: &Api<EtcdBackup>,
     ctx: &EtcdContext,
     mut status: EtcdBackupStatus,
@@ -310,7 +313,7 @@ async fn fail(
         status.phase = EtcdBackupPhase::Failed;
         status.completion_time = Some(to_time(now));
         conditions::set(&mut status.conditions, READY, false, reason, &message, generation, now);
-        write_status(api, name, &status).await?;
+        write_status(api, backup, &status).await?;
         kit.warning(backup, "BackupFailed", format!("{reason}: {message}"))
             .await;
         let seconds = elapsed.map_or(0.0, |e| e.as_secs_f64());
@@ -320,7 +323,7 @@ async fn fail(
     status.phase = EtcdBackupPhase::Pending;
     let retrying = format!("{message} (attempt {attempts} of {}; retrying)", ctx.max_attempts);
     conditions::set(&mut status.conditions, READY, false, reason, &retrying, generation, now);
-    write_status(api, name, &status).await?;
+    write_status(api, backup, &status).await?;
     kit.warning(backup, reason, &retrying).await;
     Err(error)
 }
@@ -367,9 +370,14 @@ async fn sync_finalizer(backup: &EtcdBackup, api: &Api<EtcdBackup>) -> Result<()
     }
 }
 
-/// Writes the whole status: fields that are unset are removed (a merge patch leaves out what
-/// it does not mention).
-async fn write_status(api: &Api<EtcdBackup>, name: &str, status: &EtcdBackupStatus) -> Result<(), KitError> {
+/// Writes the whole status of `backup` ([`stowage_operator::status::patch`]: never onto another
+/// EtcdBackup of the same name): fields that are unset are removed (a merge patch leaves out
+/// what it does not mention).
+async fn write_status(
+    api: &Api<EtcdBackup>,
+    backup: &EtcdBackup,
+    status: &EtcdBackupStatus,
+) -> Result<EtcdBackup, KitError> {
     let mut value = serde_json::to_value(status).map_err(|e| KitError::transient("InternalError", e.to_string()))?;
     if let Some(fields) = value.as_object_mut() {
         for field in [
@@ -388,25 +396,5 @@ async fn write_status(api: &Api<EtcdBackup>, name: &str, status: &EtcdBackupStat
             fields.entry(field).or_insert(serde_json::Value::Null);
         }
     }
-    let patch = json!({ "status": value });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-/// Writes the byte counts into status every [`PROGRESS_INTERVAL`] until aborted.
-async fn report_progress(api: Api<EtcdBackup>, name: String, progress: Progress) {
-    loop {
-        tokio::time::sleep(PROGRESS_INTERVAL).await;
-        let patch = json!({"status": {"progress": {
-            "plaintextBytes": progress.plaintext.bytes(),
-            "storedBytes": progress.stored.bytes(),
-        }}});
-        if let Err(error) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            tracing::debug!(%name, %error, "writing progress failed");
-        }
-    }
+    stowage_operator::status::patch(api, backup, &value).await
 }

@@ -17,7 +17,7 @@ use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage,
 use stowage_operator::{conditions, finalizer};
 use tokio::time::Instant;
 
-use crate::run::{self, AbortOnDrop, FINALIZER};
+use crate::run::{self, FINALIZER};
 
 const KIND: &str = "ExecBackup";
 
@@ -81,13 +81,13 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>, runs: Registr
         Ok(plan) => plan,
         Err(error) if error.awaits_change() => {
             run::failed(&mut state, &error, generation, &ctx);
-            status::patch(&api, &backup.name_any(), &state).await?;
+            status::patch(&api, backup.as_ref(), &state).await?;
             ctx.warning(backup.as_ref(), error.reason(), error.to_string()).await;
             return Ok(Action::await_change());
         }
         Err(error) => {
             run::waiting(&mut state, &error, generation, &ctx);
-            status::patch(&api, &backup.name_any(), &state).await?;
+            status::patch(&api, backup.as_ref(), &state).await?;
             ctx.warning(backup.as_ref(), error.reason(), error.to_string()).await;
             return Err(error);
         }
@@ -96,7 +96,8 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>, runs: Registr
     // Registered before the run starts, so a deletion at any moment from here on cancels it.
     let cancel = runs.register(backup.as_ref(), &ctx.shutdown);
     run::started(&mut state, &plan.pod.name, generation, &ctx);
-    status::patch(&api, &backup.name_any(), &state).await?;
+    // The progress reports start from the object as written, so each takes one request.
+    let running = status::patch(&api, backup.as_ref(), &state).await?;
     ctx.normal(
         backup.as_ref(),
         "BackupStarted",
@@ -108,11 +109,7 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>, runs: Registr
     in_progress.inc();
     let storage_name = plan.storage.name.clone();
     let progress = Progress::default();
-    let reporter = AbortOnDrop(run::report_progress(
-        api.clone(),
-        backup.name_any(),
-        progress.plaintext.clone(),
-    ));
+    let reporter = run::report_progress(api.clone(), &running, progress.plaintext.clone());
     let outcome = execute(&backup, &ctx, plan, progress, &cancel).await;
     // No progress write may race the final status or the finalizer's removal.
     drop(reporter);
@@ -152,7 +149,7 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>, runs: Registr
             state.bytes_transferred = Some(artifact.plaintext_bytes);
             state.artifact = Some(ArtifactStatus::new(storage_name, artifact));
             run::succeeded(&mut state, &message, generation, &ctx);
-            run::write_final(&api, &backup.name_any(), &state).await?;
+            run::write_final(&api, backup.as_ref(), &state).await?;
             ctx.normal(backup.as_ref(), "BackupSucceeded", message).await;
         }
         Err(failure) if failure.error.reason() == CANCELLED => {
@@ -165,7 +162,7 @@ pub async fn reconcile(backup: Arc<ExecBackup>, ctx: Arc<Context>, runs: Registr
                 .run_finished(KIND, "Backup", failure.error.reason(), seconds);
             state.stderr_tail = failure.stderr_tail.filter(|tail| !tail.is_empty());
             run::failed(&mut state, &failure.error, generation, &ctx);
-            run::write_final(&api, &backup.name_any(), &state).await?;
+            run::write_final(&api, backup.as_ref(), &state).await?;
             ctx.warning(
                 backup.as_ref(),
                 "BackupFailed",
@@ -382,7 +379,7 @@ async fn record_cancelled(
     ctx: &Context,
 ) -> Result<Action> {
     // The status first: whoever sees the Event can then read the final phase.
-    let current = run::write_final(api, &backup.name_any(), state).await?;
+    let current = run::write_final(api, backup, state).await?;
     ctx.normal(backup, "BackupCancelled", error.to_string()).await;
     match current {
         Some(current) => delete_data(&current, api, ctx).await,
@@ -431,7 +428,7 @@ async fn interrupted(
         "the controller restarted during the run; the partial upload was abandoned and no artifact was recorded: create a new ExecBackup to retry",
     );
     run::failed(&mut state, &error, backup.metadata.generation, ctx);
-    run::write_final(api, &backup.name_any(), &state).await?;
+    run::write_final(api, backup, &state).await?;
     ctx.warning(backup, "BackupFailed", format!("Interrupted: {error}"))
         .await;
     Ok(Action::await_change())

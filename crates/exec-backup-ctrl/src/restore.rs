@@ -19,7 +19,7 @@ use stowage_operator::podexec::{ExecPod, ExecPodParams};
 use stowage_operator::{Context, Error, ResolvedStorage, Result, resolve_storage, secrets, status};
 use tokio::time::Instant;
 
-use crate::run::{self, AbortOnDrop};
+use crate::run;
 
 const KIND: &str = "ExecRestore";
 /// How often a restore waiting for its backup to finish looks again.
@@ -60,7 +60,6 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>, runs: Regis
     };
     let mut state = restore.status.clone().unwrap_or_default();
     let generation = restore.metadata.generation;
-    let name = restore.name_any();
     if restore.metadata.deletion_timestamp.is_some() {
         // Being deleted (held by someone else's finalizer): never start; one Running was run
         // by a controller that stopped, so its command is killed with its Pod.
@@ -96,7 +95,7 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>, runs: Regis
         Err(error) if error.awaits_change() => return fail(&restore, &api, state, error, None, &ctx).await,
         Err(error) => {
             run::waiting(&mut state, &error, generation, &ctx);
-            status::patch(&api, &name, &state).await?;
+            status::patch(&api, restore.as_ref(), &state).await?;
             ctx.warning(restore.as_ref(), error.reason(), error.to_string()).await;
             return Err(error);
         }
@@ -122,7 +121,8 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>, runs: Regis
         plan.storage.name.clone(),
         manifest.artifact.clone(),
     ));
-    status::patch(&api, &name, &state).await?;
+    // The progress reports start from the object as written, so each takes one request.
+    let running = status::patch(&api, restore.as_ref(), &state).await?;
     ctx.normal(
         restore.as_ref(),
         "RestoreStarted",
@@ -133,11 +133,7 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>, runs: Regis
     let in_progress = ctx.metrics.runs_in_progress.with_label_values(&[KIND, "Restore"]);
     in_progress.inc();
     let progress = Progress::default();
-    let reporter = AbortOnDrop(run::report_progress(
-        api.clone(),
-        name.clone(),
-        progress.plaintext.clone(),
-    ));
+    let reporter = run::report_progress(api.clone(), &running, progress.plaintext.clone());
     let outcome = execute(&ctx, plan, progress.clone(), &cancel).await;
     // No progress write may race the final status or the finalizer's removal.
     drop(reporter);
@@ -169,7 +165,7 @@ pub async fn reconcile(restore: Arc<ExecRestore>, ctx: Arc<Context>, runs: Regis
                 stowage_core::human_bytes(progress.plaintext.bytes())
             );
             run::succeeded(&mut state, &message, generation, &ctx);
-            run::write_final(&api, &name, &state).await?;
+            run::write_final(&api, restore.as_ref(), &state).await?;
             ctx.normal(restore.as_ref(), "RestoreSucceeded", message).await;
             Ok(Action::await_change())
         }
@@ -202,7 +198,7 @@ async fn record_cancelled(
     ctx: &Context,
 ) -> Result<Action> {
     // The status first: whoever sees the Event can then read the final phase.
-    run::write_final(api, &restore.name_any(), state).await?;
+    run::write_final(api, restore, state).await?;
     ctx.normal(restore, "RestoreCancelled", error.to_string()).await;
     Ok(Action::await_change())
 }
@@ -217,7 +213,7 @@ async fn fail(
 ) -> Result<Action> {
     state.stderr_tail = stderr_tail.filter(|tail| !tail.is_empty());
     run::failed(&mut state, &error, restore.metadata.generation, ctx);
-    run::write_final(api, &restore.name_any(), &state).await?;
+    run::write_final(api, restore, &state).await?;
     ctx.warning(restore, "RestoreFailed", format!("{}: {error}", error.reason()))
         .await;
     Ok(Action::await_change())

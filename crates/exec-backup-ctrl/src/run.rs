@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use stowage_api::{ExecCommand, ExecPhase, ExecRunStatus, PodTemplate};
@@ -167,43 +167,22 @@ pub fn waiting(status: &mut ExecRunStatus, error: &Error, generation: Option<i64
     conditions::waiting(&mut status.conditions, error, generation, ctx.now());
 }
 
-/// Writes `bytesTransferred` every 10 s until dropped (abort the returned task).
-pub fn report_progress<K>(api: Api<K>, name: String, tally: Arc<Tally>) -> tokio::task::JoinHandle<()>
+/// Writes `bytesTransferred` of `object`'s run every 10 s until the reporter is dropped.
+pub fn report_progress<K>(api: Api<K>, object: &K, tally: Arc<Tally>) -> status::ProgressReporter
 where
-    K: Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    tokio::spawn(async move {
-        let mut last = u64::MAX;
-        loop {
-            tokio::time::sleep(PROGRESS_EVERY).await;
-            let bytes = tally.bytes();
-            if bytes == last {
-                continue;
-            }
-            last = bytes;
-            let patch = serde_json::json!({ "status": { "bytesTransferred": bytes } });
-            if let Err(error) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                tracing::debug!(%error, %name, "writing progress failed");
-            }
-        }
-    })
+    status::report_progress(
+        api,
+        object.clone(),
+        PROGRESS_EVERY,
+        move || serde_json::json!({ "bytesTransferred": tally.bytes() }),
+    )
 }
 
 /// Parses the template's Pod spec, or says why it is not one.
 pub fn pod_spec(template: &PodTemplate) -> Result<PodSpec> {
     template.pod_spec().map_err(Error::InvalidSpec)
-}
-
-/// Aborts the wrapped task when dropped, so progress reports stop with the run.
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Deletes a run's Pod (already gone is fine; a failure is logged: the owner reference lets
@@ -221,14 +200,15 @@ pub async fn delete_pod(ctx: &Context, namespace: &str, name: &str) {
     }
 }
 
-/// Writes a run's final status ([`status::patch_final`]). An object deleted as its run ended
-/// has nowhere to keep it: the Event about the outcome is then the record.
-pub async fn write_final<K, S>(api: &Api<K>, name: &str, state: &S) -> Result<Option<K>>
+/// Writes the final status of `object`'s run ([`status::patch_final`]). An object deleted as
+/// its run ended (perhaps created again already) has nowhere to keep it: the Event about the
+/// outcome is then the record.
+pub async fn write_final<K, S>(api: &Api<K>, object: &K, state: &S) -> Result<Option<K>>
 where
-    K: Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize,
 {
-    match status::patch_final(api, name, state).await {
+    match status::patch_final(api, object, state).await {
         Ok(object) => Ok(Some(object)),
         Err(error) if error.is_not_found() => Ok(None),
         Err(error) => Err(error),

@@ -32,6 +32,11 @@ pub enum Error {
     #[error("{message}")]
     Exec { reason: &'static str, message: String },
 
+    /// The object a write was meant for was deleted, or deleted and created again under the
+    /// same name: the write was not made, so a new object never shows an old run's status.
+    #[error("{kind} '{name}' is gone: it was deleted, or replaced by a new object of the same name")]
+    Gone { kind: String, name: String },
+
     /// A reconcile-specific failure with its own stable reason.
     #[error("{message}")]
     Failed {
@@ -54,20 +59,25 @@ impl Error {
             Error::Kube(_) => "KubernetesApiError",
             Error::Core(e) => e.reason(),
             Error::Exec { reason, .. } => reason,
+            Error::Gone { .. } => "ObjectGone",
             Error::Failed { reason, .. } => reason,
         }
     }
 
-    /// True when the API server said the object does not exist (404): for a run's final status,
-    /// its object was deleted meanwhile, and the run's Event is then the record.
+    /// True when the object does not exist (a 404 from the API server, or [`Error::Gone`]): for
+    /// a run's final status, its object was deleted (perhaps created again) meanwhile, and the
+    /// run's Event is then the record.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(response)) if response.code == 404)
+            || matches!(self, Error::Gone { .. })
     }
 
     /// True when the error is the user's to fix: the reconciler waits for the object to change.
+    /// Also when the object is gone: there is nothing to retry, and a new object of the same
+    /// name brings its own reconcile.
     pub fn awaits_change(&self) -> bool {
         match self {
-            Error::InvalidSpec(_) | Error::Forbidden(_) => true,
+            Error::InvalidSpec(_) | Error::Forbidden(_) | Error::Gone { .. } => true,
             Error::Core(e) => e.reason() == "InvalidSpec",
             Error::Failed { transient, .. } => !transient,
             _ => false,

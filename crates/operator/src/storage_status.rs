@@ -63,7 +63,7 @@ async fn reconcile(storage: Arc<BackupStorage>, ctx: Arc<Context>) -> Result<Act
     if changed {
         state.observed_generation = generation;
         let api: Api<BackupStorage> = Api::all(ctx.client.clone());
-        status::patch(&api, &name, &state).await?;
+        status::patch(&api, storage.as_ref(), &state).await?;
         match &probe {
             Ok(()) if !was_ready => ctx.normal(storage.as_ref(), "StorageReady", "the storage works").await,
             Err(error) => ctx.warning(storage.as_ref(), error.reason(), error.to_string()).await,

@@ -1,22 +1,23 @@
 #![allow(clippy::unwrap_used)]
 //! The controller kit against the real test bed: BackupStorage resolution (missing
 //! storage, Secret or key, allowedNamespaces, a real S3 server), Events, the error policy
-//! in a running controller, and status conditions written through the status subresource.
+//! in a running controller, status conditions written through the status subresource, and
+//! status writes bound to their object rather than its name.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use serde_json::json;
-use stowage_api::BackupStorage;
+use stowage_api::{BackupStorage, ExecBackup, ExecPhase};
 use stowage_core::BackupRequest;
 use stowage_core::testing::S3Server;
 use stowage_e2e::{bed, wait_for};
-use stowage_operator::{Context, Error, Metrics, resolve_storage};
+use stowage_operator::{Context, Error, Metrics, resolve_storage, status};
 use tokio_util::sync::CancellationToken;
 
 fn context(client: &kube::Client, namespace: &str) -> Context {
@@ -379,6 +380,64 @@ async fn backup_storages_are_probed_and_report_ready_or_why_not() {
         for name in [working, broken] {
             storages.delete(&name, &Default::default()).await?;
         }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// A run's status writes are bound to its object: once the object is deleted and another is
+/// created under its name, a write from the old run is refused as "gone", whatever copy of the
+/// object the run holds, and the new object's status stays as it was.
+#[tokio::test]
+async fn a_status_write_for_a_replaced_object_is_refused_and_leaves_the_new_object_alone() {
+    let bed = bed().await.unwrap();
+    install_crds(&bed.client()).await;
+    bed.with_namespace("kit-status", |client, namespace| async move {
+        let api: Api<ExecBackup> = Api::namespaced(client.clone(), &namespace);
+        let run = || -> ExecBackup {
+            serde_json::from_value(json!({
+                "apiVersion": "stowage.io/v1alpha1", "kind": "ExecBackup",
+                "metadata": {"name": "run"},
+                "spec": {
+                    "storage": {"name": "nowhere"},
+                    "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}},
+                    "backup": {"command": ["true"]},
+                },
+            }))
+            .unwrap()
+        };
+        let old = api.create(&PostParams::default(), &run()).await?;
+        let running = status::patch(&api, &old, &json!({"phase": "Running"})).await?;
+        assert_eq!(running.status.map(|s| s.phase), Some(ExecPhase::Running));
+        // A stale copy of the same object is fine: the write is refused, then made again.
+        let written = status::patch(&api, &old, &json!({"podName": "run-backup"})).await?;
+        assert_eq!(written.status.and_then(|s| s.pod_name).as_deref(), Some("run-backup"));
+
+        api.delete("run", &DeleteParams::default()).await?;
+        let new = api.create(&PostParams::default(), &run()).await?;
+        // The copy a run holds is refused by its resourceVersion; a copy without one is read
+        // again and found to be another object.
+        let mut unversioned = old.clone();
+        unversioned.metadata.resource_version = None;
+        for copy in [&old, &unversioned] {
+            let failed = json!({"phase": "Failed", "podName": "run-backup"});
+            let refused = status::patch(&api, copy, &failed).await.unwrap_err();
+            assert!(refused.is_not_found(), "{refused}");
+            assert_eq!(refused.reason(), "ObjectGone");
+            let refused = status::patch_final(&api, copy, &failed).await.unwrap_err();
+            assert!(refused.is_not_found(), "{refused}");
+        }
+        assert!(status::latest(&api, &old).await?.is_none(), "the old object is gone");
+        let current = api.get("run").await?;
+        assert_eq!(current.metadata.uid, new.metadata.uid);
+        assert_eq!(current.status, None, "the new object's status is untouched");
+        assert_eq!(current.metadata.resource_version, new.metadata.resource_version);
+
+        // The new object's own writes go through, and a deleted object is gone too.
+        status::patch(&api, &new, &json!({"phase": "Running"})).await?;
+        api.delete("run", &DeleteParams::default()).await?;
+        assert!(status::patch(&api, &new, &json!({})).await.unwrap_err().is_not_found());
         Ok(())
     })
     .await

@@ -25,7 +25,6 @@ pub const FINALIZER: &str = finalizer::DELETE_DATA;
 pub async fn reconcile(backup: Arc<ResourceBackup>, rctx: Arc<ResourceContext>) -> Result<Action> {
     let ctx = rctx.kit.clone();
     let api: Api<ResourceBackup> = Api::all(ctx.client.clone());
-    let name = backup.name_any();
     if backup.metadata.deletion_timestamp.is_some() {
         return delete_data(&backup, &api, &ctx).await;
     }
@@ -68,7 +67,7 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, rctx: Arc<ResourceContext>) 
                 generation,
                 &ctx,
             );
-            status::patch(&api, &name, &state).await?;
+            status::patch(&api, backup.as_ref(), &state).await?;
             ctx.warning(backup.as_ref(), error.reason(), message).await;
             return Err(error);
         }
@@ -89,7 +88,8 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, rctx: Arc<ResourceContext>) 
         generation,
         &ctx,
     );
-    status::patch(&api, &name, &state).await?;
+    // The progress reports start from the object as written, so each takes one request.
+    let running = status::patch(&api, backup.as_ref(), &state).await?;
     ctx.normal(backup.as_ref(), "BackupStarted", message).await;
 
     let started = std::time::Instant::now();
@@ -111,7 +111,7 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, rctx: Arc<ResourceContext>) 
     };
     let reporter = {
         let snapshot = snapshot.clone();
-        report_progress(api.clone(), name.clone(), move || {
+        report_progress(api.clone(), &running, move || {
             serde_json::to_value(snapshot()).unwrap_or_default()
         })
     };
@@ -159,7 +159,7 @@ pub async fn reconcile(backup: Arc<ResourceBackup>, rctx: Arc<ResourceContext>) 
                 generation,
                 &ctx,
             );
-            status::patch(&api, &name, &state).await?;
+            status::patch(&api, backup.as_ref(), &state).await?;
             ctx.normal(backup.as_ref(), "BackupSucceeded", message).await;
             Ok(Action::await_change())
         }
@@ -278,7 +278,7 @@ async fn finish_failed(
         backup.metadata.generation,
         ctx,
     );
-    status::patch(api, &backup.name_any(), &state).await?;
+    status::patch(api, backup, &state).await?;
     ctx.warning(backup, "BackupFailed", format!("{}: {message}", error.reason()))
         .await;
     Ok(Action::await_change())

@@ -53,39 +53,20 @@ pub fn set_conditions(
 /// How often a running backup or restore writes its progress to status.
 pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Writes `status.progress` (as `read` gives it) every 10 s while the run lasts: the task
-/// stops when the returned guard is dropped.
+/// Writes `status.progress` of `object` (as `read` gives it) every 10 s while the run lasts:
+/// the reports stop when the returned reporter is dropped.
 pub fn report_progress<K>(
     api: kube::Api<K>,
-    name: String,
+    object: &K,
     read: impl Fn() -> serde_json::Value + Send + 'static,
-) -> AbortOnDrop
+) -> stowage_operator::status::ProgressReporter
 where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    AbortOnDrop(tokio::spawn(async move {
-        let mut last = serde_json::Value::Null;
-        loop {
-            tokio::time::sleep(PROGRESS_EVERY).await;
-            let progress = read();
-            if progress == last {
-                continue;
-            }
-            let patch = serde_json::json!({ "status": { "progress": progress } });
-            let params = kube::api::PatchParams::default();
-            if let Err(error) = api.patch_status(&name, &params, &kube::api::Patch::Merge(&patch)).await {
-                tracing::debug!(%error, %name, "writing progress failed");
-            }
-            last = progress;
-        }
-    }))
-}
-
-/// Aborts the wrapped task when dropped, so progress reports stop with the run.
-pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    stowage_operator::status::report_progress(
+        api,
+        object.clone(),
+        PROGRESS_EVERY,
+        move || serde_json::json!({ "progress": read() }),
+    )
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use stowage_api::resource_backup::ResourceBackupPhase;
@@ -36,7 +35,6 @@ pub async fn reconcile(
 ) -> Result<Action> {
     let ctx = rctx.kit.clone();
     let api: Api<ResourceRestore> = Api::all(ctx.client.clone());
-    let name = object.name_any();
     let status = object.status.as_ref();
     if status.is_some_and(|s| {
         matches!(
@@ -83,7 +81,7 @@ pub async fn reconcile(
                 generation,
                 &ctx,
             );
-            status::patch(&api, &name, &state).await?;
+            status::patch(&api, object.as_ref(), &state).await?;
             ctx.warning(object.as_ref(), error.reason(), message).await;
             return Err(error);
         }
@@ -109,7 +107,8 @@ pub async fn reconcile(
         generation,
         &ctx,
     );
-    status::patch(&api, &name, &state).await?;
+    // The progress reports start from the object as written, so each takes one request.
+    let running = status::patch(&api, object.as_ref(), &state).await?;
     ctx.normal(object.as_ref(), "RestoreStarted", message).await;
 
     let started = std::time::Instant::now();
@@ -132,7 +131,7 @@ pub async fn reconcile(
     };
     let reporter = {
         let snapshot = snapshot.clone();
-        report_progress(api.clone(), name.clone(), move || {
+        report_progress(api.clone(), &running, move || {
             serde_json::to_value(snapshot()).unwrap_or_default()
         })
     };
@@ -205,7 +204,7 @@ pub async fn reconcile(
         generation,
         &ctx,
     );
-    restore_stop::write(&api, &name, &state).await?;
+    restore_stop::write(&api, object.as_ref(), &state).await?;
     if phase == ResourceRestorePhase::Succeeded {
         ctx.normal(object.as_ref(), reason, message).await;
     } else {
@@ -326,7 +325,7 @@ async fn finish_failed(
         object.metadata.generation,
         ctx,
     );
-    status::patch(api, &object.name_any(), &state).await?;
+    status::patch(api, object, &state).await?;
     ctx.warning(object, "RestoreFailed", format!("{}: {message}", error.reason()))
         .await;
     Ok(Action::await_change())

@@ -4,7 +4,6 @@
 //! idempotent). Either way the restore stopped between objects, the workloads it held at zero
 //! replicas were scaled back, and what it applied stays applied: the messages say how much.
 
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use stowage_api::ResourceRestore;
@@ -87,7 +86,7 @@ pub(crate) async fn record(
             generation,
             ctx,
         );
-        write(api, &object.name_any(), &state).await?;
+        write(api, object, &state).await?;
         ctx.warning(object, INTERRUPTED, message.clone()).await;
         return Err(Error::transient(INTERRUPTED, message));
     }
@@ -106,14 +105,19 @@ pub(crate) async fn record(
     );
     // The status first, so whoever sees the Event reads the final phase. Without a finalizer
     // the object is usually gone already, and the Event is the record.
-    write(api, &object.name_any(), &state).await?;
+    write(api, object, &state).await?;
     ctx.normal(object, "RestoreCancelled", message).await;
     Ok(Action::await_change())
 }
 
-/// Writes the final status; an object already gone (deleted) needs none.
-pub(crate) async fn write(api: &Api<ResourceRestore>, name: &str, state: &ResourceRestoreStatus) -> Result<()> {
-    match status::patch(api, name, state).await {
+/// Writes the final status of `object`; one already gone (deleted, perhaps created again)
+/// needs none.
+pub(crate) async fn write(
+    api: &Api<ResourceRestore>,
+    object: &ResourceRestore,
+    state: &ResourceRestoreStatus,
+) -> Result<()> {
+    match status::patch(api, object, state).await {
         Ok(_) => Ok(()),
         Err(error) if error.is_not_found() => Ok(()),
         Err(error) => Err(error),

@@ -518,7 +518,7 @@ impl Pass<'_> {
     /// Writes the status, and remembers it: the cached schedule may not show it on the next pass.
     async fn patch_status(&self) -> Result<()> {
         self.ctx.runs_first.after_creations().await;
-        patch_status(self.kit, &self.namespace, &self.name, &self.status).await?;
+        patch_status(self.kit, self.schedule, &self.status).await?;
         self.ctx.memory.wrote_status(self.schedule, &self.status);
         Ok(())
     }
@@ -550,8 +550,10 @@ fn requeue(
 }
 
 /// Writes the whole status with a merge patch; fields that are now empty are sent as
-/// null so they are removed rather than left at their old value.
-async fn patch_status(kit: &Context, namespace: &str, name: &str, status: &BackupScheduleStatus) -> Result<()> {
+/// null so they are removed rather than left at their old value. Never onto another schedule
+/// of the same name ([`stowage_operator::status::patch`]): a schedule deleted and created
+/// again during a pass must not inherit the old one's last schedule time and active runs.
+async fn patch_status(kit: &Context, schedule: &BackupSchedule, status: &BackupScheduleStatus) -> Result<()> {
     let mut value = serde_json::to_value(status).map_err(|e| Error::transient("StatusError", e.to_string()))?;
     if let Some(fields) = value.as_object_mut() {
         for key in [
@@ -567,7 +569,7 @@ async fn patch_status(kit: &Context, namespace: &str, name: &str, status: &Backu
             fields.entry(key).or_insert(serde_json::Value::Null);
         }
     }
-    let api: Api<BackupSchedule> = Api::namespaced(kit.client.clone(), namespace);
-    stowage_operator::status::patch(&api, name, &value).await?;
+    let api: Api<BackupSchedule> = Api::namespaced(kit.client.clone(), &schedule.namespace().unwrap_or_default());
+    stowage_operator::status::patch(&api, schedule, &value).await?;
     Ok(())
 }

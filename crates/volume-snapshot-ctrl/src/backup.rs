@@ -98,7 +98,7 @@ impl Run {
     }
 
     pub(crate) async fn save(&self) -> Result<()> {
-        status::patch(&self.api, &self.backup.name_any(), &self.state).await?;
+        status::patch(&self.api, &self.backup, &self.state).await?;
         Ok(())
     }
 
@@ -432,7 +432,7 @@ impl Run {
                 let message = summary(&self.state.volumes);
                 let (generation, now) = (self.generation(), self.ctx.now());
                 step::succeeded(&mut self.state, &message, generation, now);
-                status::patch_final(&self.api, &self.backup.name_any(), &self.state).await?;
+                status::patch_final(&self.api, &self.backup, &self.state).await?;
                 self.ctx.metrics.run_finished(KIND, "Backup", "Succeeded", seconds);
                 self.ctx.normal(&self.backup, "BackupSucceeded", message).await;
             }
@@ -467,7 +467,7 @@ impl Run {
         }
         step::failed(&mut self.state, error, generation, now);
         // Without a finalizer the object may be gone already: the Event is then the record.
-        match status::patch_final(&self.api, &self.backup.name_any(), &self.state).await {
+        match status::patch_final(&self.api, &self.backup, &self.state).await {
             Err(error) if error.is_not_found() => {}
             written => {
                 written?;

@@ -130,10 +130,10 @@ impl Run {
         self.restore.namespace().unwrap_or_default()
     }
 
-    /// Writes the status. Without a finalizer a deleted restore is gone while its run still
-    /// rolls back: that must go on, and its Events are then the record.
+    /// Writes the status. Without a finalizer a deleted restore is gone (perhaps created again)
+    /// while its run still rolls back: that must go on, and its Events are then the record.
     async fn save(&self) -> Result<()> {
-        match status::patch(&self.api, &self.name(), &self.state).await {
+        match status::patch(&self.api, &self.restore, &self.state).await {
             Err(error) if error.is_not_found() => Ok(()),
             written => written.map(drop),
         }
@@ -553,7 +553,7 @@ impl Run {
 
     /// Writes the status that records the outcome; see [`Run::save`] for a deleted restore.
     async fn save_final(&self) -> Result<()> {
-        match status::patch_final(&self.api, &self.name(), &self.state).await {
+        match status::patch_final(&self.api, &self.restore, &self.state).await {
             Err(error) if error.is_not_found() => Ok(()),
             written => written.map(drop),
         }
