@@ -6,6 +6,7 @@ pub mod csi;
 pub mod databases;
 pub mod envtest;
 pub mod etcd;
+pub mod gate;
 pub mod namespace;
 pub mod node;
 pub mod pki;

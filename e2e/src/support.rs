@@ -1,21 +1,24 @@
 //! What the controllers' end-to-end tests share: a controller running in-process against the
 //! bed and confined to the test's namespace, objects made from the JSON a user would write, a
-//! Filesystem BackupStorage, waits for an object's state and for its Events, keys made with the
-//! stock CLIs, and the host directory behind a PVC of the CSI simulator.
+//! Filesystem BackupStorage, waits for an object's state and for its Events, a log of the
+//! statuses an object showed, keys made with the stock CLIs, and the host directory behind a
+//! PVC of the CSI simulator.
 
 use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -194,6 +197,91 @@ pub async fn wait_events(
             let seen = event_reasons(client, namespace, name).await.unwrap_or_default();
             Err(error.context(format!("the Events about {name} have the reasons {seen:?}")))
         }
+    }
+}
+
+/// Waits until Events with every one of the `expected` reasons were written about the object
+/// with `uid` (in `namespace`; `default` for a cluster-scoped object), and returns every reason
+/// seen about it. Unlike [`wait_events`] it tells apart objects of one name: a run deleted and
+/// its namesake created again.
+pub async fn wait_uid_events(
+    client: &kube::Client,
+    namespace: &str,
+    uid: &str,
+    expected: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        &format!("Events {expected:?} about the object with UID {uid}"),
+        || async {
+            let reasons: Vec<String> = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+                .map(|e| e.reason.unwrap_or_default())
+                .collect();
+            let all = expected.iter().all(|wanted| reasons.iter().any(|r| r == wanted));
+            Ok(all.then_some(reasons))
+        },
+    )
+    .await
+}
+
+/// Every status that objects named `name` show from its start on, as a watch delivers them,
+/// with the UID of the object that showed it: what `kubectl get -w` would have shown a user.
+/// Stops when dropped.
+pub struct StatusLog {
+    seen: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatusLog {
+    /// Watches the objects of `api` named `name`.
+    pub fn start<K>(api: Api<K>, name: &str) -> StatusLog
+    where
+        K: kube::Resource + Clone + Debug + Serialize + DeserializeOwned + Send + 'static,
+    {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            let objects = watcher(api, config).default_backoff().applied_objects();
+            let mut objects = std::pin::pin!(objects);
+            while let Some(object) = objects.next().await {
+                let Ok(object) = object else { continue };
+                let uid = object.meta().uid.clone().unwrap_or_default();
+                let status = serde_json::to_value(&object)
+                    .map(|o| o["status"].clone())
+                    .unwrap_or_default();
+                log.lock().unwrap_or_else(PoisonError::into_inner).push((uid, status));
+            }
+        });
+        StatusLog { seen, task }
+    }
+
+    /// The statuses the object with `uid` showed, in order.
+    pub fn of(&self, uid: &str) -> Vec<serde_json::Value> {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.iter()
+            .filter(|(u, _)| u == uid)
+            .map(|(_, status)| status.clone())
+            .collect()
+    }
+
+    /// Waits until the log has seen the object with `uid` (so that it misses nothing after).
+    pub async fn seen(&self, uid: &str) -> anyhow::Result<()> {
+        wait_for(&format!("the status log to see UID {uid}"), || async {
+            Ok((!self.of(uid).is_empty()).then_some(()))
+        })
+        .await
+    }
+}
+
+impl Drop for StatusLog {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
