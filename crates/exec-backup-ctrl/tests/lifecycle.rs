@@ -2,7 +2,8 @@
 //! The life of a run beyond its command: retainPolicy when its ExecBackup is deleted, a Pod
 //! or the storage lost mid-run, and a run cancelled by deleting its object while it runs
 //! (by a user, or a schedule's `concurrencyPolicy: Replace`): the command stops with its Pod,
-//! the multipart upload is aborted, and the object goes.
+//! the multipart upload is aborted, and the object goes; a new object of the same name created
+//! at once runs on its own, untouched by the old run's end.
 
 mod support;
 
@@ -257,6 +258,62 @@ async fn deleting_a_running_backup_cancels_it_and_leaves_nothing_in_the_storage(
             files_under(&s3.bucket_dir()),
             Vec::<std::path::PathBuf>::new(),
             "no payload and no manifest"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_running_backup_deleted_and_created_again_at_once_leaves_the_new_one_to_run() {
+    let bed = bed().await.unwrap();
+    bed.with_namespace("exec-replaced", |client, ns| async move {
+        // The controller reaches the API server through a gate that the test holds while it
+        // replaces the object: the old run learns of the deletion only once the new object
+        // exists, as with a quick `kubectl delete -f x.yaml && kubectl apply -f x.yaml`.
+        let (gate, gated) = stowage_e2e::gate::gated_client(bed).await?;
+        let _controller = start_controller(&gated, &ns).await?;
+        let dir = tempfile::tempdir()?;
+        let storage = filesystem_storage(&client, &ns, dir.path()).await?;
+        let spec = |script: &str| {
+            json!({
+                "backup": { "command": ["sh", "-c", script] },
+                "storage": { "name": storage },
+                "compression": { "algorithm": "none" },
+                "template": idle_template(None, json!([])),
+            })
+        };
+        let api: Api<ExecBackup> = Api::namespaced(client.clone(), &ns);
+        create_backup(&client, &ns, "nightly", spec("echo old; sleep 600")).await?;
+        running(&api, "nightly").await?;
+        let old = api.get("nightly").await?.metadata.uid.unwrap();
+        let log = StatusLog::start(api.clone(), "nightly");
+        log.seen(&old).await?;
+
+        gate.hold();
+        api.delete("nightly", &DeleteParams::default()).await?;
+        create_backup(&client, &ns, "nightly", spec("echo new")).await?;
+        let new = api.get("nightly").await?.metadata.uid.unwrap();
+        gate.release();
+
+        let backup = finished_backup(&client, &ns, "nightly").await?;
+        assert_eq!(backup.metadata.uid.as_deref(), Some(new.as_str()));
+        let status = backup.status.unwrap();
+        assert_eq!(status.phase, ExecPhase::Succeeded, "{status:#?}");
+        let artifact = status.artifact.unwrap().artifact;
+        assert_eq!(std::fs::read(dir.path().join(&artifact.path))?, b"new\n");
+        // The old run's end is recorded where it belongs: an Event about the old object.
+        wait_uid_events(&client, &ns, &old, &["BackupCancelled"]).await?;
+        let reasons = wait_uid_events(&client, &ns, &new, &["BackupStarted", "BackupSucceeded"]).await?;
+        assert!(!reasons.contains(&"BackupCancelled".into()), "{reasons:?}");
+        // Never, not even for a moment, did the new object show the old run's end.
+        let shown = log.of(&new);
+        assert!(
+            shown
+                .iter()
+                .all(|s| s["phase"] != "Failed" && !s.to_string().contains("Cancelled")),
+            "{shown:#?}"
         );
         Ok(())
     })

@@ -16,7 +16,8 @@ use stowage_e2e::support::{InProcess, create, finished};
 // Shared with every controller's tests; each test binary uses its own part.
 #[allow(unused_imports)]
 pub use stowage_e2e::support::{
-    age_keygen, condition, create_storage, event_reasons, filesystem_storage, sh, wait_events,
+    StatusLog, age_keygen, condition, create_storage, event_reasons, filesystem_storage, sh, wait_events,
+    wait_uid_events,
 };
 
 /// The controller, running in-process and watching only `namespace`; stopped on drop.
