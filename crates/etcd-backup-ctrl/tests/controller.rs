@@ -22,9 +22,11 @@ use stowage_api::{BackupStorage, EtcdBackup, EtcdBackupPhase};
 use stowage_core::testing::S3Server;
 use stowage_core::{Identities, RestoreRequest, read_manifest, restore};
 use stowage_e2e::etcd::{EtcdOptions, EtcdServer};
+use stowage_e2e::support::{StatusLog, finished_in, wait_uid_events};
 use stowage_e2e::{bed, wait_for};
 use stowage_etcd_backup_ctrl::EtcdContext;
 use stowage_operator::{Context, Metrics};
+use support::Stopped;
 use tokio_util::sync::CancellationToken;
 
 const TEST_LABEL: &str = "stowage.io/test";
@@ -484,32 +486,6 @@ async fn plain_http_succeeds_and_bad_inputs_fail_with_clear_conditions_and_event
     .unwrap();
 }
 
-/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so that a failing test
-/// leaves no frozen etcd behind.
-struct Stopped(u32);
-
-impl Stopped {
-    fn stop(pid: u32) -> Stopped {
-        signal(pid, "STOP");
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal(self.0, "CONT");
-    }
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_running_backup_stops_it_and_the_deletion_does_not_wait_for_etcd() {
     let bed = bed().await.unwrap();
@@ -555,6 +531,61 @@ async fn deleting_a_running_backup_stops_it_and_the_deletion_does_not_wait_for_e
         )
         .await;
         wait_for_phase(&client, &name, EtcdBackupPhase::Succeeded).await;
+        anyhow::Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_backup_deleted_and_created_again_at_once_leaves_the_new_one_to_run() {
+    let bed = bed().await.unwrap();
+    install_crds(&bed.client()).await;
+    let etcd = EtcdServer::start(EtcdOptions::default()).unwrap();
+    let s3 = S3Server::start("etcd-replaced").await.unwrap();
+
+    bed.with_namespace("etcd-replaced", |client, namespace| async move {
+        // The controller reaches the API server through a gate that the test holds while it
+        // replaces the object: the old run learns of the deletion only once the new object
+        // exists, as with a quick `kubectl delete -f x.yaml && kubectl apply -f x.yaml`.
+        let (gate, gated) = stowage_e2e::gate::gated_client(bed).await?;
+        let _controller = start_controller(&gated, &namespace, 2);
+        let storage = create_storage(&client, &namespace, &s3).await;
+        let spec = json!({"endpoints": [etcd.endpoint()], "storage": {"name": storage}});
+        // A frozen member keeps the old run Running until it is cancelled.
+        let frozen = Stopped::stop(etcd.pid());
+        let name = create_backup(&client, &namespace, "nightly", spec.clone()).await;
+        let old = wait_for_phase(&client, &name, EtcdBackupPhase::Running).await;
+        let old = old.metadata.uid.unwrap();
+        let api: Api<EtcdBackup> = Api::all(client.clone());
+        let log = StatusLog::start(api.clone(), &name);
+        log.seen(&old).await?;
+
+        gate.hold();
+        api.delete(&name, &DeleteParams::default()).await?;
+        create_backup(&client, &namespace, "nightly", spec).await;
+        let new = api.get(&name).await?.metadata.uid.unwrap();
+        gate.release();
+
+        // The old run's end is recorded where it belongs: an Event about the old object.
+        wait_uid_events(&client, "default", &old, &["BackupCancelled"]).await?;
+        drop(frozen);
+        let backup = finished_in(&api, &name).await?;
+        assert_eq!(backup.metadata.uid.as_deref(), Some(new.as_str()));
+        let status = backup.status.unwrap();
+        assert_eq!(status.phase, EtcdBackupPhase::Succeeded, "{status:#?}");
+        let artifact = status.artifact.unwrap().artifact;
+        read_manifest(s3.store().as_ref(), &artifact.path).await?;
+        let reasons = wait_uid_events(&client, "default", &new, &["BackupStarted", "BackupSucceeded"]).await?;
+        assert!(!reasons.contains(&"BackupCancelled".into()), "{reasons:?}");
+        // Never, not even for a moment, did the new object show the old run's end.
+        let shown = log.of(&new);
+        assert!(
+            shown
+                .iter()
+                .all(|s| s["phase"] != "Failed" && !s.to_string().contains("Cancelled")),
+            "{shown:#?}"
+        );
         anyhow::Ok(())
     })
     .await

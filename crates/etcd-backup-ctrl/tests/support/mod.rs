@@ -1,5 +1,6 @@
 //! What the etcd tests share: filling an etcd with keys, restoring a snapshot file with the
-//! stock `etcdctl snapshot restore`, and serving the restored data with a new etcd.
+//! stock `etcdctl snapshot restore`, serving the restored data with a new etcd, and freezing a
+//! member.
 
 #![allow(dead_code)]
 
@@ -121,4 +122,30 @@ pub async fn connect_plain(endpoint: &str) -> anyhow::Result<etcd_client::Client
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::bail!("waiting 60 s for etcd at {endpoint} to answer: {last:?}")
+}
+
+/// Sends SIGCONT to a process stopped with SIGSTOP when dropped, so that a failing test
+/// leaves no frozen etcd behind.
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn stop(pid: u32) -> Stopped {
+        signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
 }
