@@ -270,6 +270,18 @@ impl StatusLog {
             .collect()
     }
 
+    /// Asserts that the object with `uid` never showed a run's end, Failed or Cancelled, not even
+    /// for a moment: what an object replacing a cancelled namesake must never inherit.
+    pub fn assert_never_ended_badly(&self, uid: &str) {
+        let shown = self.of(uid);
+        assert!(
+            shown
+                .iter()
+                .all(|s| s["phase"] != "Failed" && !s.to_string().contains("Cancelled")),
+            "{shown:#?}"
+        );
+    }
+
     /// Waits until the log has seen the object with `uid` (so that it misses nothing after).
     pub async fn seen(&self, uid: &str) -> anyhow::Result<()> {
         wait_for(&format!("the status log to see UID {uid}"), || async {

@@ -307,14 +307,7 @@ async fn a_running_backup_deleted_and_created_again_at_once_leaves_the_new_one_t
         wait_uid_events(&client, &ns, &old, &["BackupCancelled"]).await?;
         let reasons = wait_uid_events(&client, &ns, &new, &["BackupStarted", "BackupSucceeded"]).await?;
         assert!(!reasons.contains(&"BackupCancelled".into()), "{reasons:?}");
-        // Never, not even for a moment, did the new object show the old run's end.
-        let shown = log.of(&new);
-        assert!(
-            shown
-                .iter()
-                .all(|s| s["phase"] != "Failed" && !s.to_string().contains("Cancelled")),
-            "{shown:#?}"
-        );
+        log.assert_never_ended_badly(&new);
         Ok(())
     })
     .await
