@@ -51,9 +51,11 @@ pub async fn list(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<CatalogEn
         .iter()
         .filter_map(|o| o.location.as_ref().strip_suffix(MANIFEST_SUFFIX).map(str::to_string))
         .collect();
-    let payloads = objects
-        .into_iter()
-        .filter(|o| !o.location.as_ref().ends_with(MANIFEST_SUFFIX));
+    // A run's scratch objects (Layout::scratch_key) are neither artifacts nor incomplete ones.
+    let payloads = objects.into_iter().filter(|o| {
+        let key = o.location.as_ref();
+        !key.ends_with(MANIFEST_SUFFIX) && !Layout::is_scratch_key(key)
+    });
     let mut entries: Vec<CatalogEntry> = futures::stream::iter(payloads)
         .map(|object| {
             let path = object.location.to_string();

@@ -5,7 +5,13 @@
 //! <prefix>/<kind>/<namespace or _cluster>/<name>/<YYYYMMDDTHHMMSSZ>.<ext>   default payload key
 //! <prefix>/<kind>/<namespace or _cluster>/<rendered path template>.<ext>   templated payload key
 //! <payload key>.manifest.json                                              its manifest
+//! <payload key>.scratch/<NNNNN>                                            scratch objects of a run
 //! ```
+//!
+//! Scratch objects are what a run cannot hold in memory until its payload is written (a
+//! resource backup's index, which must come last in its archive): the run deletes them when
+//! it ends, and they are never artifacts. Their suffix fits in the room the manifest suffix
+//! keeps, so every payload key has room for them.
 //!
 //! `<prefix>/<kind>/<namespace>` is the scope, the tenancy boundary: artifacts of a namespaced
 //! kind always live under their namespace's scope, and a path template can only choose where
@@ -26,6 +32,13 @@ pub const CLUSTER_SCOPE: &str = "_cluster";
 /// The longest key S3, GCS and Azure all accept is 1024 bytes; a payload key leaves room for
 /// its manifest suffix.
 const MAX_PAYLOAD_KEY_BYTES: usize = 1024 - MANIFEST_SUFFIX.len();
+
+/// What a scratch key adds to its payload key, before the scratch object's number.
+pub const SCRATCH_SUFFIX: &str = ".scratch/";
+
+/// The highest scratch object number: five digits keep a scratch key within the 1024 bytes a
+/// payload key leaves room for (`.scratch/` and five digits are as long as `.manifest.json`).
+pub const MAX_SCRATCH_NUMBER: u32 = 99_999;
 
 /// Builds every object key under one storage prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +125,11 @@ impl Layout {
         let relative = rendered.strip_prefix('/').unwrap_or(rendered);
         check_relative(relative).map_err(refuse)?;
         let key = with_extension(&format!("{}/{relative}", self.scope(kind, namespace)), ext);
+        if Layout::is_scratch_key(&key) {
+            return Err(refuse(format!(
+                "{key:?} ends like a run's scratch object ({SCRATCH_SUFFIX} and five digits), which listings ignore"
+            )));
+        }
         if key.len() > MAX_PAYLOAD_KEY_BYTES {
             return Err(refuse(format!(
                 "the object key would be {} bytes long; object stores accept at most {MAX_PAYLOAD_KEY_BYTES} (with room for the manifest suffix)",
@@ -131,6 +149,19 @@ impl Layout {
         let payload = manifest_key.strip_suffix(MANIFEST_SUFFIX)?;
         let file = payload.rsplit('/').next().unwrap_or(payload);
         (!file.is_empty()).then(|| payload.to_string())
+    }
+
+    /// Scratch object `number` (1 to [`MAX_SCRATCH_NUMBER`]) of a payload:
+    /// `<payload key>.scratch/<number, five digits>`, so that they list in order.
+    pub fn scratch_key(payload_key: &str, number: u32) -> String {
+        format!("{payload_key}{SCRATCH_SUFFIX}{number:05}")
+    }
+
+    /// True when `key` is a scratch object's ([`Layout::scratch_key`]), not an artifact's.
+    pub fn is_scratch_key(key: &str) -> bool {
+        key.rsplit_once(SCRATCH_SUFFIX).is_some_and(|(payload, number)| {
+            !payload.is_empty() && number.len() == 5 && number.bytes().all(|b| b.is_ascii_digit())
+        })
     }
 
     /// Whether `key` lies strictly inside `scope`, compared segment by segment: `ns-a` does not
@@ -298,6 +329,21 @@ mod tests {
             Some("a/b/x.sql.gz")
         );
         assert_eq!(Layout::payload_key_of_manifest("a/b/x.sql.gz"), None);
+        assert_eq!(Layout::scratch_key("a/b/x.tar.gz", 7), "a/b/x.tar.gz.scratch/00007");
+        assert!(Layout::is_scratch_key("a/b/x.tar.gz.scratch/00007"));
+        for not_scratch in [
+            "a/b/x.tar.gz",
+            "a/b/x.tar.gz.manifest.json",
+            "a/b.scratch/x.gz",
+            ".scratch/00001",
+        ] {
+            assert!(!Layout::is_scratch_key(not_scratch), "{not_scratch}");
+        }
+        let refused = layout("backups").templated_key("ExecBackup", Some("s"), "x.scratch/00001", "");
+        assert!(
+            refused.is_err(),
+            "a payload key that would be hidden from listings: {refused:?}"
+        );
         assert_eq!(Layout::payload_key_of_manifest(".manifest.json"), None);
         assert_eq!(Layout::payload_key_of_manifest("a/.manifest.json"), None);
     }
@@ -326,6 +372,7 @@ mod tests {
             .expect("fits exactly");
         assert_eq!(key.len(), MAX_PAYLOAD_KEY_BYTES);
         assert_eq!(Layout::manifest_key(&key).len(), 1024);
+        assert_eq!(Layout::scratch_key(&key, MAX_SCRATCH_NUMBER).len(), 1024);
         let err = l
             .templated_key("ExecBackup", Some("s"), &fits, "gz")
             .expect_err("3 bytes too long");

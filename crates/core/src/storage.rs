@@ -216,7 +216,11 @@ pub fn build(spec: &StorageSpec, credentials: &Credentials) -> Result<Arc<dyn Ob
             }
             std::fs::create_dir_all(&fs.path)
                 .map_err(|e| Error::InvalidStorage(format!("cannot create directory {}: {e}", fs.path)))?;
-            Arc::new(LocalFileSystem::new_with_prefix(&fs.path).map_err(|e| Error::InvalidStorage(e.to_string()))?)
+            // Directories emptied by a delete go too (up to the storage's own), as they do not
+            // exist in object stores: a run's scratch objects (`<payload>.scratch/…`) would
+            // otherwise leave an empty directory beside every payload that had them.
+            let store = LocalFileSystem::new_with_prefix(&fs.path).map_err(|e| Error::InvalidStorage(e.to_string()))?;
+            Arc::new(store.with_automatic_cleanup(true))
         }
     };
     Ok(store)

@@ -5,9 +5,10 @@
 
 mod support;
 
+use object_store::ObjectStoreExt as _;
 use stowage_core::storage::{self, Credentials};
 use stowage_core::testing::{Generated, Pattern};
-use stowage_core::{BackupRequest, Compression, Error, backup, catalog, stream_payload};
+use stowage_core::{BackupRequest, Compression, Error, Layout, backup, catalog, stream_payload};
 use support::Backends;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -29,6 +30,9 @@ async fn catalog_lists_complete_and_incomplete_artifacts_newest_first() {
             .await
             .unwrap();
         assert_eq!(staged.artifact().plaintext_bytes, 1000);
+        // A run's scratch object (a resource backup's spilled index) is no artifact.
+        let scratch = object_store::path::Path::parse(Layout::scratch_key(&format!("{prefix}/c.gz"), 1)).unwrap();
+        store.put(&scratch, vec![1u8; 10].into()).await.unwrap();
 
         let entries = catalog::list(store.as_ref(), &prefix).await.unwrap();
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
@@ -65,6 +69,10 @@ async fn catalog_lists_complete_and_incomplete_artifacts_newest_first() {
             1,
             "{backend}: discarded"
         );
+        // A filesystem storage does not keep the directory a deleted scratch object leaves.
+        store.delete(&scratch).await.unwrap();
+        let scratch_dir = backends.fs_dir.path().join(format!("{prefix}/c.gz.scratch"));
+        assert!(!scratch_dir.exists(), "{backend}: {} is gone", scratch_dir.display());
     }
 }
 
