@@ -8,11 +8,10 @@
 //! ```
 //!
 //! The writer streams: each object becomes tar bytes that go straight to the output, and
-//! only the index stays in memory until the end, deflated (index.rs). Reading is reader.rs:
-//! entry by entry as the archive downloads.
+//! only the index waits for the end, deflated, in memory or in segments in the backup's
+//! storage (index.rs). Reading is reader.rs: entry by entry as the archive downloads.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
@@ -22,7 +21,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::encryption::EncryptionConfig;
 use crate::error::{Error, Result};
-use crate::index::{IndexBuffer, IndexEntry};
+use crate::index::{IndexBuffer, IndexEntry, IndexReader};
+use crate::segments::Segments;
 use crate::selector::ResourceType;
 
 /// Where the ResourceSet is saved inside the archive.
@@ -120,6 +120,12 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<W> {
         }
     }
 
+    /// Stores the index in `segments` as it grows instead of holding all of it until the end.
+    pub fn spill_index_to(mut self, segments: Segments) -> Self {
+        self.index = IndexBuffer::spilling_to(segments);
+        self
+    }
+
     /// Adds one object of type `resource`, already stripped ([`strip_server_metadata`]) and
     /// with its apiVersion and kind set. It is serialised as it is: no copy as a `Value`.
     pub async fn add(&mut self, resource: &ResourceType, object: &DynamicObject) -> Result<()> {
@@ -143,20 +149,22 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<W> {
         self.summary.objects += 1;
         self.summary.encrypted += u64::from(encrypted);
         *self.summary.kinds.entry(resource.qualified_kind()).or_default() += 1;
-        self.index.push(&IndexEntry {
-            path,
-            resource: resource.clone(),
-            namespace,
-            name,
-            uid: metadata.uid.clone().unwrap_or_default(),
-            owner_uids: metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .map(|owner| owner.uid.clone())
-                .collect(),
-            encrypted,
-        })
+        self.index
+            .push(&IndexEntry {
+                path,
+                resource: resource.clone(),
+                namespace,
+                name,
+                uid: metadata.uid.clone().unwrap_or_default(),
+                owner_uids: metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .map(|owner| owner.uid.clone())
+                    .collect(),
+                encrypted,
+            })
+            .await
     }
 
     /// Writes the ResourceSet and the index, ends the tar and shuts `out` down.
@@ -200,7 +208,12 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<W> {
 
 /// Appends a large file (short `path`) of `size` bytes to the tar in `out` chunk by chunk,
 /// never whole in memory: the tar builder would first copy all of it into its buffer.
-async fn append_streamed<W: AsyncWrite + Unpin>(out: &mut W, path: &str, size: u64, mut data: impl Read) -> Result<()> {
+async fn append_streamed<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    path: &str,
+    size: u64,
+    mut data: IndexReader,
+) -> Result<()> {
     let what = |source| io(&format!("adding {path} to the tar"), source);
     let mut header = file_header(size);
     header.set_path(path).map_err(what)?;
@@ -209,7 +222,7 @@ async fn append_streamed<W: AsyncWrite + Unpin>(out: &mut W, path: &str, size: u
     let mut chunk = vec![0; INDEX_CHUNK];
     let mut written = 0u64;
     loop {
-        let read = data.read(&mut chunk).map_err(what)?;
+        let read = data.read(&mut chunk).await?;
         if read == 0 {
             break;
         }

@@ -1,9 +1,10 @@
 //! Backup: discover what the cluster serves, list what the ResourceSet selects page by page,
 //! and stream each object into the tar that flows into stowage-core. Nothing touches disk,
 //! and memory holds two pages' response bodies (one written, the next being fetched), one
-//! parsed object, and the deflated index: a few dozen bytes per object. Pages are sized by
-//! bytes, not only by count, so a type of large objects (Helm release Secrets, dashboards in
-//! ConfigMaps) costs no more memory than one of small ones.
+//! parsed object, and one segment of the deflated index: the index's full segments wait in
+//! the backup's own storage (segments.rs), so memory does not grow with the object count.
+//! Pages are sized by bytes, not only by count, so a type of large objects (Helm release
+//! Secrets, dashboards in ConfigMaps) costs no more memory than one of small ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use stowage_core::{Artifact, BackupRequest};
 use crate::archive::{self, ArchiveWriter, Summary};
 use crate::encryption::EncryptionConfig;
 use crate::error::{Error, Result};
+use crate::segments::{Cleanup, Segments};
 use crate::selector::{ObjectInfo, ResourceType, Selection};
 
 /// Most objects per list call (kubectl's default chunk size).
@@ -116,6 +118,20 @@ pub async fn run(
     request: BackupRequest,
     progress: &Progress,
 ) -> Result<BackupOutcome> {
+    let segments = Segments::new(request.store.clone(), &request.path);
+    run_with_segments(client, resource_set, encryption, request, progress, segments).await
+}
+
+/// [`run`], with the index's segments stored in `segments` (a test makes them small). They
+/// are deleted when the run ends, whatever the outcome, also when it is dropped midway.
+pub async fn run_with_segments(
+    client: &kube::Client,
+    resource_set: &ResourceSetSpec,
+    encryption: Option<EncryptionConfig>,
+    request: BackupRequest,
+    progress: &Progress,
+    segments: Segments,
+) -> Result<BackupOutcome> {
     let selection = Selection::new(resource_set)?;
     let mut served = discover(client).await?;
     // Types in restore order, so that a restore applies the archive in one pass.
@@ -124,13 +140,24 @@ pub async fn run(
 
     let (pipe_in, pipe_out) = tokio::io::duplex(PIPE_BYTES);
     let write = async {
-        let mut writer = ArchiveWriter::new(pipe_in, encryption);
+        let mut writer = ArchiveWriter::new(pipe_in, encryption).spill_index_to(segments.clone());
         for served in served.iter().filter(|s| selection.wants(&s.resource)) {
             write_resource(client, &selection, served, &mut writer, progress).await?;
         }
         writer.finish(resource_set, &cluster_id).await
     };
+    let cleanup = Cleanup::new(&segments);
     let (written, staged) = tokio::join!(write, stowage_core::stream_payload(request, pipe_out));
+    // The index is in the payload, or the run failed: either way its segments are done with.
+    // Left behind they would be no artifact (listings skip them), only space taken.
+    match segments.delete().await {
+        Ok(()) if segments.count() > 0 => tracing::debug!(segments = segments.count(), "index segments deleted"),
+        Ok(()) => {}
+        Err(error) => {
+            tracing::warn!(%error, "deleting the index segments failed: delete the payload's .scratch/ objects by hand")
+        }
+    }
+    cleanup.disarm();
     let staged = staged?;
     let summary = match written {
         Ok(summary) => summary,

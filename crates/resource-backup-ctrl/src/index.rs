@@ -1,21 +1,25 @@
 //! The archive's index (`stowage/index.json`): every object with its kind, namespace, name,
 //! uid and owner uids, written last so that the archive streams.
 //!
-//! Until then the writer holds it, and a backup's memory must not grow with the cluster: the
+//! Until then the writer keeps it, and a backup's memory must not grow with the cluster: the
 //! entries are kept as compact JSON deflated as they come (about 230 bytes per object
-//! shrink to a few dozen, mostly the random UIDs), and at the end inflated again straight
-//! into the tar entry, chunk by chunk, never whole in memory.
+//! shrink to a few dozen, mostly the random UIDs), in segments. A backup stores each full
+//! segment in its storage (segments.rs) and holds only the one being written; at the end the
+//! segments are read back in order and inflated straight into the tar entry, chunk by chunk,
+//! never whole in memory. An index smaller than one segment never leaves memory.
 
-use std::io::{Read, Write as _};
+use std::io::{Cursor, Read, Write as _};
 
 use flate2::Compression;
 use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
+use object_store::PutPayload;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::archive::{EntryPath, io, owner_uids};
 use crate::error::{Error, Result};
+use crate::segments::Segments;
 use crate::selector::ResourceType;
 
 /// The archive format this code writes; readers refuse newer ones.
@@ -83,15 +87,20 @@ pub fn describe(entry: &IndexEntry) -> String {
     }
 }
 
-/// The index being written: its entries as compact JSON, deflated as they come.
+/// The index being written: its entries as compact JSON, deflated as they come, one segment
+/// at a time. Each segment is a deflate stream of its own, and the JSON runs on across them.
 pub struct IndexBuffer {
-    /// `entry,entry,…`, deflated.
+    /// The segment being written: `entry,entry,…`, deflated.
     deflated: DeflateEncoder<Chunks>,
     /// One entry's JSON, reused: the encoder gets one write per entry.
     scratch: Vec<u8>,
-    /// Length of the entries' JSON before deflating.
+    /// Length of the entries' JSON before deflating (the tar header needs the total).
     json_bytes: u64,
+    /// JSON in the segment being written.
+    segment_json: usize,
     entries: u64,
+    /// Where full segments go; without, the whole index is held (small archives, tests).
+    segments: Option<Segments>,
 }
 
 impl Default for IndexBuffer {
@@ -101,14 +110,24 @@ impl Default for IndexBuffer {
             deflated: DeflateEncoder::new(Chunks::default(), Compression::fast()),
             scratch: Vec::new(),
             json_bytes: 0,
+            segment_json: 0,
             entries: 0,
+            segments: None,
         }
     }
 }
 
 impl IndexBuffer {
-    /// Adds one entry.
-    pub fn push(&mut self, entry: &IndexEntry) -> Result<()> {
+    /// An index that stores each full segment in `segments`.
+    pub fn spilling_to(segments: Segments) -> IndexBuffer {
+        IndexBuffer {
+            segments: Some(segments),
+            ..IndexBuffer::default()
+        }
+    }
+
+    /// Adds one entry; stores the segment when it is full.
+    pub async fn push(&mut self, entry: &IndexEntry) -> Result<()> {
         self.scratch.clear();
         if self.entries > 0 {
             self.scratch.push(b',');
@@ -121,7 +140,19 @@ impl IndexBuffer {
             .write_all(&self.scratch)
             .map_err(|source| io("keeping the index", source))?;
         self.json_bytes += self.scratch.len() as u64;
+        self.segment_json += self.scratch.len();
         self.entries += 1;
+        if let Some(segments) = &self.segments
+            && self.segment_json >= segments.json_bytes()
+        {
+            // Ends this segment's deflate stream; the encoder's state is kept for the next.
+            let full = self
+                .deflated
+                .reset(Chunks::default())
+                .map_err(|source| io("keeping the index", source))?;
+            self.segment_json = 0;
+            segments.put(full.into_payload()).await?;
+        }
         Ok(())
     }
 
@@ -132,8 +163,8 @@ impl IndexBuffer {
 
     /// The index document, `{"formatVersion":…,"clusterId":…,"entries":[…]}` as [`Index`]
     /// serialises, as its length and a reader that inflates the entries as it is read.
-    pub fn finish(self, cluster_id: &str) -> Result<(u64, impl Read)> {
-        let deflated = self
+    pub fn finish(self, cluster_id: &str) -> Result<(u64, IndexReader)> {
+        let held = self
             .deflated
             .finish()
             .map_err(|source| io("keeping the index", source))?;
@@ -144,10 +175,55 @@ impl IndexBuffer {
         })?;
         prefix.pop(); // the closing brace
         prefix.extend_from_slice(b",\"entries\":[");
-        let suffix: &[u8] = b"]}";
-        let size = prefix.len() as u64 + self.json_bytes + suffix.len() as u64;
-        let entries = DeflateDecoder::new(deflated.into_reader());
-        Ok((size, std::io::Cursor::new(prefix).chain(entries).chain(suffix)))
+        let size = prefix.len() as u64 + self.json_bytes + SUFFIX.len() as u64;
+        let stored = self.segments.as_ref().map_or(0, Segments::count);
+        let reader = IndexReader {
+            current: Box::new(Cursor::new(prefix)),
+            segments: self.segments,
+            stored: 1..=stored,
+            held: Some(held),
+            suffix: Some(SUFFIX),
+        };
+        Ok((size, reader))
+    }
+}
+
+/// What closes the index document.
+const SUFFIX: &[u8] = b"]}";
+
+/// The index document read back in order: the head, each stored segment (fetched when it is
+/// reached), the segment held, the closing brackets.
+pub struct IndexReader {
+    /// What is being read now.
+    current: Box<dyn Read + Send>,
+    segments: Option<Segments>,
+    /// Numbers of the stored segments not read yet.
+    stored: std::ops::RangeInclusive<u32>,
+    held: Option<Chunks>,
+    suffix: Option<&'static [u8]>,
+}
+
+impl IndexReader {
+    /// Reads the next bytes of the document into `buf`; 0 at its end.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        loop {
+            let read = self
+                .current
+                .read(buf)
+                .map_err(|source| io("reading the index back", source))?;
+            if read > 0 || buf.is_empty() {
+                return Ok(read);
+            }
+            self.current = if let (Some(segments), Some(number)) = (&self.segments, self.stored.next()) {
+                Box::new(DeflateDecoder::new(Cursor::new(segments.get(number).await?)))
+            } else if let Some(held) = self.held.take() {
+                Box::new(DeflateDecoder::new(held.into_reader()))
+            } else if let Some(suffix) = self.suffix.take() {
+                Box::new(suffix)
+            } else {
+                return Ok(0);
+            };
+        }
     }
 }
 
@@ -185,6 +261,12 @@ impl std::io::Write for Chunks {
 impl Chunks {
     fn held_bytes(&self) -> usize {
         self.full.iter().chain([&self.last]).map(Vec::capacity).sum()
+    }
+
+    /// The chunks as an upload's payload, uncopied.
+    fn into_payload(mut self) -> PutPayload {
+        self.full.push(self.last);
+        self.full.into_iter().map(bytes::Bytes::from).collect()
     }
 
     /// Reads the chunks in order, freeing each once read.
@@ -244,19 +326,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_index_reads_back_as_written_and_is_held_deflated() {
+    /// Everything `reader` reads, in small pieces.
+    async fn read_all(mut reader: IndexReader) -> Vec<u8> {
+        let (mut json, mut piece) = (Vec::new(), [0; 1000]);
+        loop {
+            match reader.read(&mut piece).await.unwrap() {
+                0 => return json,
+                read => json.extend_from_slice(&piece[..read]),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_reads_back_as_written_and_is_held_deflated() {
         let mut buffer = IndexBuffer::default();
         // Enough that the deflated entries span several chunks.
         let entries: Vec<IndexEntry> = (0..20_000).map(entry).collect();
         for entry in &entries {
-            buffer.push(entry).unwrap();
+            buffer.push(entry).await.unwrap();
         }
         let held = buffer.held_bytes();
         assert!(held > CHUNK, "{held} bytes held: the test should span chunks");
-        let (size, mut reader) = buffer.finish("cluster-1").unwrap();
-        let mut json = Vec::new();
-        reader.read_to_end(&mut json).unwrap();
+        let (size, reader) = buffer.finish("cluster-1").unwrap();
+        let json = read_all(reader).await;
         assert_eq!(json.len() as u64, size);
         let index: Index = serde_json::from_slice(&json).unwrap();
         assert_eq!(
@@ -274,13 +366,53 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_empty_index_is_valid_json() {
-        let (size, mut reader) = IndexBuffer::default().finish("c").unwrap();
-        let mut json = String::new();
-        reader.read_to_string(&mut json).unwrap();
+    #[tokio::test]
+    async fn a_spilled_index_reads_back_the_same_and_holds_one_segment() {
+        let store: std::sync::Arc<dyn object_store::ObjectStore> =
+            std::sync::Arc::new(object_store::memory::InMemory::new());
+        let segments = Segments::new(store.clone(), "a/b.tar.gz").with_json_bytes(64 << 10);
+        let (mut held, mut spilled) = (IndexBuffer::default(), IndexBuffer::spilling_to(segments.clone()));
+        let mut most_held = 0;
+        for entry in (0..20_000).map(entry) {
+            held.push(&entry).await.unwrap();
+            spilled.push(&entry).await.unwrap();
+            most_held = most_held.max(spilled.held_bytes());
+        }
+        // About 5 MB of JSON: 76 segments of 64 KiB, of which one is held at a time.
+        assert_eq!(segments.count(), 76);
+        assert!(
+            most_held <= CHUNK && held.held_bytes() >= 8 * most_held,
+            "{most_held} bytes held at most, where the whole index takes {}",
+            held.held_bytes()
+        );
+        let keys: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(store.list(None))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .collect();
+        assert_eq!(keys.len(), 76);
+        assert_eq!(keys[0], "a/b.tar.gz.scratch/00001");
+        assert!(keys.iter().all(|key| stowage_core::Layout::is_scratch_key(key)));
+
+        let (size, reader) = held.finish("c").unwrap();
+        let whole = read_all(reader).await;
+        let (spilled_size, reader) = spilled.finish("c").unwrap();
+        assert_eq!(spilled_size, size);
+        assert!(read_all(reader).await == whole, "the same document, byte for byte");
+        segments.delete().await.unwrap();
+        let left = futures::TryStreamExt::try_collect::<Vec<_>>(store.list(None))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_index_is_valid_json() {
+        let (size, reader) = IndexBuffer::default().finish("c").unwrap();
+        let json = read_all(reader).await;
         assert_eq!(size, json.len() as u64);
-        let index: Index = serde_json::from_str(&json).unwrap();
+        let index: Index = serde_json::from_slice(&json).unwrap();
         assert_eq!((index.cluster_id.as_str(), index.entries.len()), ("c", 0));
     }
 }

@@ -19,6 +19,7 @@ pub mod restore;
 mod restore_ctrl;
 mod restore_stop;
 pub mod schedule;
+pub mod segments;
 pub mod selector;
 mod waits;
 
