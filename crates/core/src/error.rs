@@ -118,7 +118,8 @@ impl Error {
         matches!(self, Error::Storage { .. })
     }
 
-    pub(crate) fn storage(operation: &'static str, path: impl ToString, source: object_store::Error) -> Self {
+    /// A failed storage `operation` on `path`; a missing object is [`Error::NotFound`].
+    pub fn storage(operation: &'static str, path: impl ToString, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => Error::NotFound { path: path.to_string() },
             source => Error::Storage {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use stowage_core::Error as CoreError;
 use stowage_core::Layout;
 use stowage_core::layout::{MAX_SCRATCH_NUMBER, object_path};
 
@@ -88,7 +89,7 @@ impl Segments {
         let upload = tokio::spawn(async move {
             let stored = store.put(&path, segment).await;
             drop(lock);
-            stored.map_err(|e| storage("index segment upload", &path, e))
+            stored.map_err(|e| Error::from(CoreError::storage("index segment upload", &path, e)))
         });
         upload.await.map_err(|join| Error::Io {
             what: format!("storing {key}"),
@@ -101,7 +102,8 @@ impl Segments {
     pub async fn get(&self, number: u32) -> Result<bytes::Bytes> {
         let path = key_path(&Layout::scratch_key(&self.payload, number))?;
         let read = async { self.store.get(&path).await?.bytes().await };
-        read.await.map_err(|e| storage("index segment download", &path, e))
+        read.await
+            .map_err(|e| CoreError::storage("index segment download", &path, e).into())
     }
 
     /// Deletes every segment stored so far (after the one being stored, if any, is in).
@@ -111,7 +113,7 @@ impl Segments {
             let path = key_path(&Layout::scratch_key(&self.payload, number))?;
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(storage("index segment delete", &path, e)),
+                Err(e) => return Err(CoreError::storage("index segment delete", &path, e).into()),
             }
         }
         Ok(())
@@ -120,16 +122,6 @@ impl Segments {
 
 fn key_path(key: &str) -> Result<Path> {
     Ok(object_path(key).map_err(stowage_core::Error::from)?)
-}
-
-/// A storage failure, as core reports them (transient: the storage may be back later).
-fn storage(operation: &'static str, path: &Path, source: object_store::Error) -> Error {
-    stowage_core::Error::Storage {
-        operation,
-        path: path.to_string(),
-        source,
-    }
-    .into()
 }
 
 /// Deletes a run's segments when dropped, unless [`Cleanup::disarm`]ed: the run was dropped
