@@ -126,9 +126,11 @@ async fn logs_serve_every_option_as_a_kubelet_does() -> anyhow::Result<()> {
             .await?,
             "first-run\n"
         );
+        // tailLines counts the records of the CRI log file, as a kubelet does: the long line is
+        // two of them (16 KiB partial, then the rest).
         assert_eq!(
             logs(LogParams {
-                tail_lines: Some(2),
+                tail_lines: Some(3),
                 ..LogParams::default()
             })
             .await?,
@@ -145,29 +147,33 @@ async fn logs_serve_every_option_as_a_kubelet_does() -> anyhow::Result<()> {
 
         let stamped = logs(LogParams {
             timestamps: true,
-            tail_lines: Some(4),
             ..LogParams::default()
         })
         .await?;
-        let mut times = Vec::new();
-        let mut contents = String::new();
-        for line in stamped.lines() {
+        let lines: Vec<&str> = stamped.lines().collect();
+        assert_eq!(lines.len(), 4, "{stamped:.200}");
+        let stamp = |line: &str| -> anyhow::Result<(Timestamp, String)> {
             let (time, content) = line.split_once(' ').expect("a timestamp, a space and the line");
-            assert!(time.ends_with('Z') && time.contains('T'), "RFC 3339 timestamp: {time}");
-            times.push(time.parse::<Timestamp>()?);
-            contents.push_str(content);
-            contents.push('\n');
+            Ok((time.parse::<Timestamp>()?, content.to_owned()))
+        };
+        let mut times = Vec::new();
+        for (line, expected) in lines.iter().zip(["second-run", "to-stderr", "later"]) {
+            let (time, content) = stamp(line)?;
+            assert_eq!(content, expected);
+            times.push(time);
         }
-        assert_eq!(contents, current, "the lines behind the timestamps");
-        assert!(
-            times.windows(2).all(|pair| pair[0] <= pair[1]),
-            "timestamps in order: {times:?}"
-        );
+        // Each record of the long line carries its own timestamp, as a kubelet shows them.
+        let (first_time, rest) = stamp(lines[3])?;
+        let (first_part, second) = rest.split_at(16 * 1024);
+        let (second_time, second_part) = stamp(second)?;
+        assert_eq!(format!("{first_part}{second_part}\n"), long_line);
+        times.extend([first_time, second_time]);
+        assert!(times.is_sorted(), "timestamps in order: {times:?}");
 
-        // sinceTime (whole seconds through the API server) from the time of "later": the
-        // stderr line came at least a second earlier.
+        // sinceTime travels in whole seconds (kube-rs rounds to the nearest): from the second
+        // in which "later" was written; the stderr line came more than a second earlier.
         let since_later = logs(LogParams {
-            since_time: Some(times[2]),
+            since_time: Some(Timestamp::from_second(times[2].as_second())?),
             ..LogParams::default()
         })
         .await?;
