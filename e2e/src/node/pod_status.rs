@@ -278,9 +278,8 @@ impl PodStatusModel {
         let waiting = self.main.len() - running - stopped;
         if !self.initialized() || waiting > 0 {
             "Pending"
-        } else if running > 0 {
-            "Running"
-        } else if stopped > 0 && self.restart == Restart::Always {
+        } else if running > 0 || self.restart == Restart::Always {
+            // Running, or all stopped and to be restarted.
             "Running"
         } else if stopped == succeeded {
             "Succeeded"
