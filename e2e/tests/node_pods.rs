@@ -263,10 +263,22 @@ async fn a_followed_log_streams_output_and_ends_with_its_run() -> anyhow::Result
             lines.iter().filter(|line| *line == "run-start").count() <= 1,
             "followed: {lines:?}"
         );
-        wait_pod(&client, &ns, "looper", "to restart", |pod| {
-            first(pod).restart_count >= 1
+        // Between runs it waits in CrashLoopBackOff, the run before in its lastState.
+        let pod = wait_pod(&client, &ns, "looper", "to wait in CrashLoopBackOff", |pod| {
+            let status = first(pod);
+            let waiting = status
+                .state
+                .and_then(|state| state.waiting)
+                .and_then(|waiting| waiting.reason);
+            waiting.as_deref() == Some("CrashLoopBackOff") && status.restart_count >= 1
         })
         .await?;
+        let last = first(&pod)
+            .last_state
+            .and_then(|state| state.terminated)
+            .expect("the last run");
+        assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+        assert_eq!(phase(&pod), "Running", "restartPolicy Always keeps the Pod Running");
         Ok(())
     })
     .await
@@ -312,6 +324,9 @@ async fn termination_messages_come_from_the_file_or_the_log() -> anyhow::Result<
         )
         .await?;
         create::<Pod>(&client, &ns, "fallback-ok", job("echo fine", fallback.clone())).await?;
+        let mut cannot_run = job("", json!({}));
+        cannot_run["containers"][0]["command"] = json!(["/no/such/program"]);
+        create::<Pod>(&client, &ns, "cannot-run", cannot_run).await?;
         create::<Pod>(
             &client,
             &ns,
@@ -348,6 +363,16 @@ async fn termination_messages_come_from_the_file_or_the_log() -> anyhow::Result<
             "a container that succeeded gets no log fallback"
         );
         assert_eq!(ended("file-wins").await?.message.as_deref(), Some("from-file\n"));
+        let cannot_run = ended("cannot-run").await?;
+        assert_eq!(
+            (cannot_run.exit_code, cannot_run.reason.as_deref()),
+            (128, Some("StartError"))
+        );
+        let message = cannot_run.message.unwrap_or_default();
+        assert!(
+            message.contains("/no/such/program"),
+            "the start error says why: {message}"
+        );
         Ok(())
     })
     .await
