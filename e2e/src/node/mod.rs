@@ -25,7 +25,9 @@
 //! `args` without `command` are ignored), HTTPS and gRPC probes, postStart hooks, sidecar
 //! (restartable init) containers, readiness gates, resource limits, network namespaces (every
 //! Pod shares the host's network, so two Pods listening on one port collide), `fsGroup`, `portForward` and
-//! terminal (tty) sessions. A termination message path outside any volume gets an empty mount
+//! terminal (tty) sessions. Every Pod's IP is 127.0.0.1, which the API server refuses in
+//! Endpoints: a Service lists no Pods of this node (readiness shows in Pod conditions and in
+//! workloads' ready replicas). A termination message path outside any volume gets an empty mount
 //! point file on the host (e.g. `/dev/termination-log`), since bind mounts need one. As in
 //! Kubernetes, `$(VAR)` in command and args is expanded and `$$` becomes `$`.
 
