@@ -10,6 +10,7 @@ pub mod gate;
 pub mod namespace;
 pub mod node;
 pub mod pki;
+pub mod pods;
 pub mod process;
 pub mod support;
 pub mod testbed;
