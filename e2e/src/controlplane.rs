@@ -268,7 +268,7 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) -> anyhow
         "contexts": [{"name": "stowage-testbed", "context": {"cluster": "stowage-testbed", "user": "admin"}}],
         "current-context": "stowage-testbed",
     });
-    std::fs::write(path, serde_yaml::to_string(&kubeconfig)?).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_saphyr::to_string(&kubeconfig)?).with_context(|| format!("writing {}", path.display()))
 }
 
 /// 32 random bytes as hex, from the kernel.

@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::discovery::Discovery;
-use serde::Deserialize as _;
 
 const FIELD_MANAGER: &str = "stowage-testbed";
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,9 +48,9 @@ pub async fn apply_files(client: &kube::Client, files: &[PathBuf]) -> anyhow::Re
     let mut others = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let value =
-                serde_json::Value::deserialize(document).with_context(|| format!("parsing {}", file.display()))?;
+        let documents = serde_saphyr::from_multiple::<serde_json::Value>(&text)
+            .with_context(|| format!("parsing {}", file.display()))?;
+        for value in documents {
             if value.is_null() {
                 continue;
             }

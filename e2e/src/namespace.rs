@@ -138,7 +138,7 @@ async fn dump_objects(client: &kube::Client, namespace: &str, report: &mut Strin
                 }
                 let name = object.metadata.name.clone().unwrap_or_default();
                 let _ = writeln!(report, "--- {} {name} ({})", resource.kind, resource.api_version);
-                match serde_yaml::to_string(&object) {
+                match serde_saphyr::to_string(&object) {
                     Ok(yaml) => report.push_str(&yaml),
                     Err(err) => {
                         let _ = writeln!(report, "(cannot print: {err})");

@@ -55,7 +55,7 @@ async fn every_kustomize_base_renders_offline_and_passes_server_validation() -> 
             .with_context(|| format!("rendering {}", base.display()))?;
         assert!(rendered.contains("kind:"), "{} rendered nothing", base.display());
         for document in rendered.split("\n---\n") {
-            let object: serde_json::Value = serde_yaml::from_str(document)?;
+            let object: serde_json::Value = serde_saphyr::from_str(document)?;
             if object["kind"] == "Deployment" {
                 let command = object["spec"]["template"]["spec"]["containers"][0]["command"][0]
                     .as_str()

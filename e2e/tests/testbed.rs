@@ -44,7 +44,7 @@ spec:
 #[tokio::test]
 async fn crds_custom_resources_status_patches_and_server_side_apply() -> anyhow::Result<()> {
     let bed = bed().await?;
-    let crd: CustomResourceDefinition = serde_yaml::from_str(WIDGET_CRD)?;
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(WIDGET_CRD)?;
     stowage_e2e::crds::apply_crds(&bed.client(), &[crd]).await?;
     bed.with_namespace("crd", |client, ns| async move {
         let gvk = GroupVersionKind::gvk("selftest.stowage.io", "v1", "Widget");

@@ -25,6 +25,15 @@ mod scheduler;
 
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    // Every bench installs what it measures against, as demo and test do; the benches that
+    // need the test bed install its control plane when they start it.
+    if matches!(
+        args.first().map(String::as_str),
+        Some("pipeline" | "exec" | "resources" | "scheduler" | "etcd")
+    ) {
+        crate::deps::ensure_packages()?;
+        crate::deps::ensure_s3s_fs()?;
+    }
     match args.first().map(String::as_str) {
         Some("pipeline") => pipeline(quick, rounds(&args)?),
         Some("exec") => exec::run(quick),

@@ -3,8 +3,8 @@
 //!
 //! The bench starts a Debian etcd (as the tests do), fills it with about 500 MB (50 MB with
 //! `--quick`) of 100 KiB SQL-dump-like values by concurrent puts, then runs each phase as a
-//! process under /usr/bin/time (wall time and peak RSS). Stowage's phase is the release example
-//! `etcd_bench backup` of stowage-etcd-backup-ctrl: the controller's own backup path (member
+//! process under /usr/bin/time (wall time and peak RSS). Stowage's phase is the release binary
+//! `etcd_bench backup` (xtask/src/bin): etcd-backup-ctrl's own backup path (member
 //! choice, the snapshot stream checked against etcd's SHA-256 trailer, core's parallel gzip-6
 //! and age, a Filesystem store, the manifest). The phases run in interleaved rounds and the best
 //! of each counts, since the machine is shared. Throughput is snapshot bytes per second.
@@ -39,7 +39,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let key = dir.join("key.txt");
     let recipient = age_key(&key)?;
 
-    let example = build_release(&root, "stowage-etcd-backup-ctrl", &["--example", "etcd_bench"])?;
+    let example = build_release(&root, "stowage-xtask", &["--bin", "etcd_bench"])?;
 
     let etcd = EtcdServer::start(EtcdOptions::default())?;
     let endpoint = etcd.endpoint().to_string();

@@ -2,10 +2,10 @@
 //! the test bed's node simulator, against core alone on the same data and against
 //! `kubectl exec | gzip -6 | age`, in one run.
 //!
-//! Every phase runs the release example `exec_throughput` of stowage-exec-backup-ctrl once (the
+//! Every phase runs the release binary `exec_throughput` (xtask/src/bin) once (the
 //! Pod phases in a namespace and Pod of their own, on SQL-dump-like data in a file that the Pod
 //! reads with `cat` through a hostPath volume) and is timed inside it, so that starting a Pod is
-//! not counted; see that example for what each phase does. The phases run in three interleaved
+//! not counted; see that binary for what each phase does. The phases run in three interleaved
 //! rounds and the best of each counts, since the machine and the bed are shared.
 
 use std::fmt::Write as _;
@@ -63,7 +63,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let recipient = age_key(&key)?;
 
     let bed = crate::envtest::start()?;
-    let example = build_release(&root, "stowage-exec-backup-ctrl", &["--example", "exec_throughput"])?;
+    let example = build_release(&root, "stowage-xtask", &["--bin", "exec_throughput"])?;
     let store = dir.join("exec-store");
     let _ = std::fs::remove_dir_all(&store);
 

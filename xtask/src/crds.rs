@@ -49,7 +49,7 @@ fn generate() -> anyhow::Result<BTreeMap<String, String>> {
             let name = crd.metadata.name.clone().context("a generated CRD has no name")?;
             Ok((
                 format!("{name}.yaml"),
-                format!("{HEADER}{}", serde_yaml::to_string(&crd)?),
+                format!("{HEADER}{}", serde_saphyr::to_string(&crd)?),
             ))
         })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;

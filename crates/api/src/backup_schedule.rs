@@ -293,7 +293,7 @@ template:
   metadata: {labels: {app: db}}
   spec: {storage: {name: minio}, command: [pg_dumpall]}
 "#;
-        let spec: BackupScheduleSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: BackupScheduleSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.concurrency_policy, ConcurrencyPolicy::Forbid);
         assert_eq!(spec.successful_runs_history_limit, 3);
         assert_eq!(spec.failed_runs_history_limit, 1);

@@ -85,7 +85,7 @@ prefix: clusters/prod
 credentialsSecretRef: {namespace: stowage-system, name: minio}
 allowedNamespaces: [db]
 "#;
-        let spec: BackupStorageSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: BackupStorageSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.storage.storage_type, stowage_core::StorageType::S3);
         assert_eq!(spec.storage.s3.as_ref().unwrap().bucket, "backups");
         assert_eq!(spec.storage.prefix, "clusters/prod");

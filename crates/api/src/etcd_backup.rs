@@ -169,7 +169,7 @@ certsDir: /etc/kubernetes/pki
 storage: {name: minio}
 encryption: {recipients: ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]}
 "#;
-        let spec: EtcdBackupSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: EtcdBackupSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.effective_endpoints(), vec![DEFAULT_ENDPOINT.to_string()]);
         assert_eq!(spec.retain_policy, RetainPolicy::Retain);
         assert_eq!(spec.compression, Compression::default());

@@ -136,7 +136,7 @@ resourceSetName: shop
 storage: {name: minio}
 encryptionConfigSecretName: shop-encryption
 "#;
-        let spec: ResourceBackupSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: ResourceBackupSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.storage.name, "minio");
         assert_eq!(spec.retain_policy, RetainPolicy::Retain);
         assert_eq!(spec.compression, Compression::default());

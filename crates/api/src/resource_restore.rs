@@ -247,7 +247,7 @@ dryRun: true
 namespaceMapping: {shop: shop-copy}
 exclude: {kinds: [Secret]}
 "#;
-        let spec: ResourceRestoreSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: ResourceRestoreSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.existing_resource_policy, ExistingResourcePolicy::Update);
         assert!(spec.dry_run && !spec.prune);
         assert_eq!(spec.namespace_mapping["shop"], "shop-copy");

@@ -99,7 +99,7 @@ resourceSelectors:
 controllerReferences:
 - {apiVersion: apps/v1, resource: deployments, namespace: shop, name: web}
 "#;
-        let spec: ResourceSetSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: ResourceSetSpec = serde_saphyr::from_str(yaml).unwrap();
         assert_eq!(spec.resource_selectors.len(), 2);
         assert_eq!(spec.resource_selectors[0].namespaces, ["shop"]);
         assert_eq!(spec.resource_selectors[1].kinds_regexp.as_deref(), Some("^Cluster"));

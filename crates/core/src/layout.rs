@@ -422,7 +422,7 @@ mod tests {
         fn fixture() -> Fixture {
             let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/layout.yaml");
             let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {path}: {err}"));
-            serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"))
+            serde_saphyr::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"))
         }
 
         fn key(fixture: &Fixture, case: &TemplatedCase) -> Result<String, String> {

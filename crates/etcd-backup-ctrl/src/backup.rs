@@ -2,13 +2,11 @@
 //! (verified against etcd's own checksum), stream the certificate directory as a tar, then
 //! commit both manifests, the snapshot's last, so a catalog entry is never half there.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use object_store::ObjectStore;
-use serde::{Deserialize, Serialize};
 use stowage_core::{Artifact, BackupRequest, Compression, Progress, Recipients, Staged, stream_payload};
 use stowage_operator::cancel::CancellableRead;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +15,8 @@ use crate::certs;
 use crate::error::{Error, Result};
 use crate::snapshot::{EtcdTarget, MemberStatus, Snapshot, SnapshotReader};
 
-/// The kind recorded in every manifest this controller writes.
-pub const KIND: &str = "EtcdBackup";
+// The manifests' etcd metadata is core's, so that stowctl reads it without this crate.
+pub use stowage_core::etcd_details::{CERTIFICATES, EtcdDetails, KIND, SNAPSHOT};
 
 /// What to back up where.
 #[derive(Clone)]
@@ -55,57 +53,6 @@ pub struct BackupOutcome {
     pub member: MemberStatus,
     /// The revision of the snapshot.
     pub revision: i64,
-}
-
-/// What the manifests of an etcd backup record beyond the artifact, so that a catalog can be
-/// rebuilt from storage alone (`stowctl etcd list`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EtcdDetails {
-    /// `snapshot` or `certificates`.
-    pub content: String,
-    /// Name of the EtcdBackup that wrote it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub backup: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<i64>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub cluster_id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub member_id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub etcd_version: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub endpoint: String,
-    /// On a snapshot: the key of the certificates' tar written with it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certs_path: Option<String>,
-    /// On a certificates' tar: the key of its snapshot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_path: Option<String>,
-}
-
-/// `content` of a snapshot's manifest.
-pub const SNAPSHOT: &str = "snapshot";
-/// `content` of a certificates' tar's manifest.
-pub const CERTIFICATES: &str = "certificates";
-
-impl EtcdDetails {
-    /// As the free-form details of a core manifest.
-    pub fn to_map(&self) -> BTreeMap<String, serde_json::Value> {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
-            _ => BTreeMap::new(),
-        }
-    }
-
-    /// From the details of a core manifest; None when they are not an etcd backup's.
-    pub fn from_map(details: &BTreeMap<String, serde_json::Value>) -> Option<EtcdDetails> {
-        let value = serde_json::Value::Object(details.clone().into_iter().collect());
-        serde_json::from_value::<EtcdDetails>(value)
-            .ok()
-            .filter(|d| !d.content.is_empty())
-    }
 }
 
 /// The extension of a snapshot key: `db` then the compression's and age's, e.g. `db.gz.age`.
@@ -260,6 +207,8 @@ async fn discard(staged: Staged) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

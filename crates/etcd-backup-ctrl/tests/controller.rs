@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -188,24 +187,6 @@ fn tls_secret(etcd: &EtcdServer) -> serde_json::Value {
     json!({"ca.crt": tls.ca.cert_pem, "client.crt": tls.client.cert_pem, "client.key": tls.client.key_pem})
 }
 
-/// An age key made by the stock `age-keygen`, written to `dir/key.txt`: (key file, recipient).
-fn age_key(dir: &Path) -> (std::path::PathBuf, String) {
-    let path = dir.join("key.txt");
-    let status = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&path)
-        .status()
-        .expect("age-keygen not found: apt-get install age");
-    assert!(status.success());
-    let text = std::fs::read_to_string(&path).unwrap();
-    let recipient = text
-        .lines()
-        .find_map(|line| line.strip_prefix("# public key: "))
-        .unwrap()
-        .to_string();
-    (path, recipient)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tls_etcd_backup_restores_with_the_stock_tools_and_is_deleted_with_its_object() {
     let bed = bed().await.unwrap();
@@ -219,7 +200,7 @@ async fn a_tls_etcd_backup_restores_with_the_stock_tools_and_is_deleted_with_its
     std::fs::create_dir_all(certs_dir.join("etcd")).unwrap();
     std::fs::write(certs_dir.join("ca.crt"), "cluster CA").unwrap();
     std::fs::write(certs_dir.join("etcd/ca.key"), "etcd CA key").unwrap();
-    let (key_file, recipient) = age_key(work.path());
+    let (key_file, recipient) = support::age_key(work.path());
 
     bed.with_namespace("etcd-tls", |client, namespace| async move {
         let controller = start_controller(&client, &namespace, 5);

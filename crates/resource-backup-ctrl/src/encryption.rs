@@ -118,7 +118,7 @@ struct FileRule {
     #[serde(default)]
     resources: Vec<String>,
     #[serde(default)]
-    providers: Vec<serde_yaml::Mapping>,
+    providers: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -141,7 +141,7 @@ impl EncryptionConfig {
             reason,
         };
         let file: File =
-            serde_yaml::from_str(yaml).map_err(|e| fail(format!("not an EncryptionConfiguration: {e}")))?;
+            serde_saphyr::from_str(yaml).map_err(|e| fail(format!("not an EncryptionConfiguration: {e}")))?;
         if file.kind.as_deref() != Some("EncryptionConfiguration")
             || !matches!(
                 file.api_version.as_deref(),
@@ -314,11 +314,11 @@ fn names(pattern: &str, group: &str, plural: &str) -> bool {
     group_matches && resource_matches
 }
 
-fn parse_provider(provider: &serde_yaml::Mapping) -> Result<Provider, String> {
+fn parse_provider(provider: &serde_json::Map<String, serde_json::Value>) -> Result<Provider, String> {
     let [(name, settings)] = provider.iter().collect::<Vec<_>>()[..] else {
         return Err("each provider has exactly one of aescbc, aesgcm, secretbox, identity".into());
     };
-    let name = name.as_str().unwrap_or_default();
+    let name = name.as_str();
     if name == "identity" {
         return Ok(Provider::Identity);
     }
@@ -327,7 +327,7 @@ fn parse_provider(provider: &serde_yaml::Mapping) -> Result<Provider, String> {
             "provider {name:?} is not supported: use aescbc, aesgcm, secretbox or identity"
         ));
     };
-    let settings: FileKeys = serde_yaml::from_value(settings.clone()).map_err(|e| format!("{name}: {e}"))?;
+    let settings: FileKeys = serde_json::from_value(settings.clone()).map_err(|e| format!("{name}: {e}"))?;
     if settings.keys.is_empty() {
         return Err(format!("{name} has no keys"));
     }
@@ -444,7 +444,7 @@ mod tests {
     }
 
     fn vectors() -> Vectors {
-        serde_yaml::from_str(include_str!("../fixtures/encryption-vectors.yaml")).unwrap()
+        serde_saphyr::from_str(include_str!("../fixtures/encryption-vectors.yaml")).unwrap()
     }
 
     fn config(providers: &str) -> EncryptionConfig {

@@ -373,7 +373,7 @@ mod tests {
     }
 
     fn fixture() -> (Vec<(IndexEntry, Value)>, Vec<Case>) {
-        let fixture: Fixture = serde_yaml::from_str(include_str!("../fixtures/restore-plan.yaml")).unwrap();
+        let fixture: Fixture = serde_saphyr::from_str(include_str!("../fixtures/restore-plan.yaml")).unwrap();
         (
             fixture.objects.into_iter().map(|o| (entry(&o), o)).collect(),
             fixture.cases,

@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn selector_fixtures() {
-        let cases: Vec<Case> = serde_yaml::from_str(include_str!("../fixtures/selectors.yaml")).unwrap();
+        let cases: Vec<Case> = serde_saphyr::from_str(include_str!("../fixtures/selectors.yaml")).unwrap();
         assert!(cases.len() >= 8);
         for case in cases {
             let selection = Selection::new(&case.resource_set);

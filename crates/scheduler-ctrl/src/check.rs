@@ -81,7 +81,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> BackupScheduleSpec {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_saphyr::from_str(yaml).unwrap()
     }
 
     #[test]

@@ -5,9 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use stowage_core::{catalog, human_bytes, read_manifest};
-use stowage_etcd_backup_ctrl::EtcdDetails;
-use stowage_etcd_backup_ctrl::backup::{CERTIFICATES, KIND, SNAPSHOT};
+use stowage_core::etcd_details::{CERTIFICATES, KIND, SNAPSHOT};
+use stowage_core::{EtcdDetails, catalog, human_bytes, read_manifest};
 
 use crate::artifact;
 use crate::error::{Error, Result};

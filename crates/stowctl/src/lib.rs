@@ -161,7 +161,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else if entries.is_empty() {
                 print(&format!(
                     "No etcd backups under {}/ in {}\n",
-                    opened.layout.scope(stowage_etcd_backup_ctrl::backup::KIND, None),
+                    opened.layout.scope(stowage_core::etcd_details::KIND, None),
                     opened.name
                 ))
             } else {

@@ -60,17 +60,17 @@ pub fn open_file(path: &Path) -> Result<OpenedStorage> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| config_error(format!("cannot be read: {e}")))?;
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| config_error(format!("not YAML: {e}")))?;
+    let mut value: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|e| config_error(format!("not YAML: {e}")))?;
     if let Some(spec) = value.get("spec").cloned() {
         value = spec; // a whole BackupStorage object
     }
     let credentials = match value.get("credentials") {
-        Some(section) => serde_yaml::from_value::<Credentials>(section.clone())
+        Some(section) => serde_json::from_value::<Credentials>(section.clone())
             .map_err(|e| config_error(format!("credentials: {e}")))?,
         None => credentials_from_env(),
     };
-    let spec: StorageSpec = serde_yaml::from_value(value).map_err(|e| {
+    let spec: StorageSpec = serde_json::from_value(value).map_err(|e| {
         config_error(format!(
             "not a BackupStorage spec ({e}); expected e.g. `type: S3`, `s3: {{bucket: …, endpoint: …}}`, `prefix: …`"
         ))

@@ -15,12 +15,11 @@ use std::sync::Arc;
 use object_store::{ObjectStoreExt as _, PutPayload};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
+use stowage_core::etcd_details::{self, EtcdDetails};
 use stowage_core::testing::S3Server;
-use stowage_core::{BackupRequest, Compression, Progress, Recipients, backup};
+use stowage_core::{Artifact, BackupRequest, Compression, Recipients, backup, stream_payload};
 use stowage_e2e::etcd::{EtcdOptions, EtcdServer};
 use stowage_e2e::process::free_port;
-use stowage_etcd_backup_ctrl::EtcdTarget;
-use stowage_etcd_backup_ctrl::backup::{self as etcd_backup, BackupOutcome, BackupPlan};
 
 const KEYS: usize = 1000;
 
@@ -49,24 +48,6 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// An age key made by the stock `age-keygen`, written to `dir/key.txt`: (key file, recipient).
-fn age_key(dir: &Path) -> (PathBuf, String) {
-    let path = dir.join("key.txt");
-    let status = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&path)
-        .status()
-        .expect("age-keygen not found: apt-get install age");
-    assert!(status.success());
-    let text = std::fs::read_to_string(&path).unwrap();
-    let recipient = text
-        .lines()
-        .find_map(|line| line.strip_prefix("# public key: "))
-        .unwrap()
-        .to_string();
-    (path, recipient)
-}
-
 /// A storage configuration file for `s3`: its spec with a prefix, and inline credentials.
 fn storage_file(s3: &S3Server, dir: &Path) -> PathBuf {
     let credentials = s3.credentials();
@@ -77,40 +58,71 @@ fn storage_file(s3: &S3Server, dir: &Path) -> PathBuf {
         "secretAccessKey": credentials.secret_access_key,
     });
     let path = dir.join("storage.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&config).unwrap()).unwrap();
     path
 }
 
-/// A real etcd with 1,000 keys backed up (encrypted, with a certificates directory) the way
-/// the controller does it, under the storage's `clusters/prod` prefix.
-async fn backed_up(s3: &S3Server, etcd: &EtcdServer, dir: &Path, recipient: &str) -> (BackupOutcome, i64) {
+/// What [`backed_up`] wrote: the snapshot and the certificates' tar.
+struct EtcdArtifacts {
+    snapshot: Artifact,
+    certs: Artifact,
+}
+
+/// A real etcd with 1,000 keys backed up in the layout etcd-backup-ctrl writes, under the
+/// storage's `clusters/prod` prefix: the stock `etcdctl snapshot save`, then the snapshot and a
+/// tar of a certificates directory through core (encrypted), each committed with the manifest
+/// details stowctl reads. stowctl must read any artifact of that format, whoever wrote it; the
+/// controller's own backups are read by stowctl in etcd-backup-ctrl's tests.
+async fn backed_up(s3: &S3Server, etcd: &EtcdServer, dir: &Path, recipient: &str) -> (EtcdArtifacts, i64) {
     let mut client = etcd.connect().await.unwrap();
     let revision = support::put_keys(&mut client, KEYS).await.unwrap();
-    let certs_dir = dir.join("pki");
-    std::fs::create_dir_all(certs_dir.join("etcd")).unwrap();
-    std::fs::write(certs_dir.join("ca.crt"), "cluster CA").unwrap();
-    std::fs::write(certs_dir.join("etcd/ca.key"), "etcd CA key").unwrap();
-    let key = "clusters/prod/etcdbackup/_cluster/nightly/20260101T020000Z.db.gz.age";
-    let compression = Compression::default();
-    let plan = BackupPlan {
-        store: s3.store(),
-        snapshot_key: key.to_string(),
-        certs: Some((certs_dir, etcd_backup::certs_key(key, &compression, true))),
-        compression,
-        recipients: Arc::new(Recipients::parse(&[recipient]).unwrap()),
-        source: "EtcdBackup nightly".into(),
-        progress: Progress::default(),
+    let snapshot_file = dir.join("saved.db");
+    let saved = Command::new("etcdctl")
+        .args(["--endpoints", etcd.endpoint(), "snapshot", "save"])
+        .arg(&snapshot_file)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl not found: apt-get install etcd-client");
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let mut certs_tar = tar::Builder::new(Vec::new());
+    for (path, content) in [("ca.crt", "cluster CA"), ("etcd/ca.key", "etcd CA key")] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o600);
+        certs_tar.append_data(&mut header, path, content.as_bytes()).unwrap();
+    }
+    let certs_tar = certs_tar.into_inner().unwrap();
+
+    let snapshot = "clusters/prod/etcdbackup/_cluster/nightly/20260101T020000Z.db.gz.age".to_string();
+    let certs = "clusters/prod/etcdbackup/_cluster/nightly/20260101T020000Z-certs.tar.gz.age".to_string();
+    let recipients = Arc::new(Recipients::parse(&[recipient]).unwrap());
+    let request = |key: &str| BackupRequest {
+        recipients: recipients.clone(),
+        ..BackupRequest::new(s3.store(), key, etcd_details::KIND, "EtcdBackup nightly")
     };
-    let target = EtcdTarget {
-        endpoints: vec![etcd.endpoint().to_string()],
-        tls: None,
+    let details = EtcdDetails {
+        content: etcd_details::SNAPSHOT.into(),
+        backup: "nightly".into(),
+        revision: Some(revision),
+        endpoint: etcd.endpoint().to_string(),
+        certs_path: Some(certs.clone()),
+        ..EtcdDetails::default()
     };
-    (
-        etcd_backup::run(plan, &target, "nightly", &tokio_util::sync::CancellationToken::new())
-            .await
-            .unwrap(),
-        revision,
-    )
+    let certs_details = EtcdDetails {
+        content: etcd_details::CERTIFICATES.into(),
+        certs_path: None,
+        snapshot_path: Some(snapshot.clone()),
+        ..details.clone()
+    };
+    let staged = stream_payload(request(&certs), std::io::Cursor::new(certs_tar))
+        .await
+        .unwrap();
+    let certs = staged.commit(certs_details.to_map()).await.unwrap();
+    let file = tokio::fs::File::open(&snapshot_file).await.unwrap();
+    let staged = stream_payload(request(&snapshot), file).await.unwrap();
+    let snapshot = staged.commit(details.to_map()).await.unwrap();
+    std::fs::remove_file(&snapshot_file).unwrap();
+    (EtcdArtifacts { snapshot, certs }, revision)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,13 +130,13 @@ async fn etcd_backups_are_listed_and_restored_from_storage_alone() {
     let etcd = EtcdServer::start(EtcdOptions::default()).unwrap();
     let s3 = S3Server::start("backups").await.unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (key_file, recipient) = age_key(work.path());
+    let (key_file, recipient) = support::age_key(work.path());
     let (outcome, revision) = backed_up(&s3, &etcd, work.path(), &recipient).await;
     let storage = storage_file(&s3, work.path());
     let storage = storage.to_str().unwrap();
     let key = key_file.to_str().unwrap();
     let snapshot = outcome.snapshot.path.as_str();
-    let certs = outcome.certs.as_ref().unwrap().path.as_str();
+    let certs = outcome.certs.path.as_str();
 
     // A payload that never got its manifest is not a backup.
     let incomplete = "clusters/prod/etcdbackup/_cluster/nightly/20260102T020000Z.db.gz.age";
@@ -260,7 +272,7 @@ async fn inspect_verify_cat_and_extract_check_what_they_read() {
     let etcd = EtcdServer::start(EtcdOptions::default()).unwrap();
     let s3 = S3Server::start("backups").await.unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (key_file, recipient) = age_key(work.path());
+    let (key_file, recipient) = support::age_key(work.path());
     let (outcome, revision) = backed_up(&s3, &etcd, work.path(), &recipient).await;
     let storage = storage_file(&s3, work.path());
     let storage = storage.to_str().unwrap();
@@ -375,7 +387,7 @@ async fn a_backup_storage_of_the_cluster_is_found_by_name() {
     let etcd = EtcdServer::start(EtcdOptions::default()).unwrap();
     let s3 = S3Server::start("backups").await.unwrap();
     let work = tempfile::tempdir().unwrap();
-    let (_key, recipient) = age_key(work.path());
+    let (_key, recipient) = support::age_key(work.path());
     let (outcome, revision) = backed_up(&s3, &etcd, work.path(), &recipient).await;
     let kubeconfig = bed.kubeconfig_path().to_str().unwrap().to_string();
 
@@ -405,136 +417,6 @@ async fn a_backup_storage_of_the_cluster_is_found_by_name() {
         assert!(table.contains(&revision.to_string()), "{table}");
         let error = fails(&["--kubeconfig", &kubeconfig, "etcd", "list", "--storage", "absent"]);
         assert!(error.contains("BackupStorage 'absent' not found"), "{error}");
-        Ok(())
-    })
-    .await
-    .unwrap();
-}
-
-/// The administrator's whole story on the real bed: an EtcdBackup of a client-certificate TLS
-/// etcd through a Secret, run by etcd-backup-ctrl; then, from the BackupStorage's name alone,
-/// `stowctl etcd list` and `stowctl etcd restore`; a new etcd on the restored data dir serves
-/// the same 1,000 keys at the same revision.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_etcd_backup_made_by_the_controller_restores_with_stowctl() {
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::{Api, PostParams};
-    use stowage_api::{BackupStorage, EtcdBackup, EtcdBackupPhase};
-
-    let bed = stowage_e2e::bed().await.unwrap();
-    stowage_e2e::crds::apply_crds(&bed.client(), &stowage_api::crds())
-        .await
-        .unwrap();
-    let etcd = EtcdServer::start(EtcdOptions { tls: true }).unwrap();
-    let mut etcd_client = etcd.connect().await.unwrap();
-    let revision = support::put_keys(&mut etcd_client, KEYS).await.unwrap();
-    let s3 = S3Server::start("backups").await.unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let (key_file, recipient) = age_key(work.path());
-    let kubeconfig = bed.kubeconfig_path().to_str().unwrap().to_string();
-
-    bed.with_namespace("stowctl-ctrl", |client, namespace| async move {
-        let create_secret = |name: &'static str, data: serde_json::Value| {
-            let client = client.clone();
-            let namespace = namespace.clone();
-            async move {
-                let secret: Secret = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))?;
-                Api::<Secret>::namespaced(client, &namespace)
-                    .create(&PostParams::default(), &secret)
-                    .await?;
-                anyhow::Ok(())
-            }
-        };
-        let credentials = s3.credentials();
-        create_secret(
-            "s3",
-            json!({"accessKeyId": credentials.access_key_id, "secretAccessKey": credentials.secret_access_key}),
-        )
-        .await?;
-        let tls = etcd.tls().unwrap();
-        create_secret(
-            "etcd-client",
-            json!({"ca.crt": tls.ca.cert_pem, "client.crt": tls.client.cert_pem, "client.key": tls.client.key_pem}),
-        )
-        .await?;
-        let mut spec = serde_json::to_value(s3.spec())?;
-        spec["credentialsSecretRef"] = json!({"namespace": namespace, "name": "s3"});
-        let storage = format!("{namespace}-s3");
-        let object: BackupStorage = serde_json::from_value(json!({"metadata": {"name": storage}, "spec": spec}))?;
-        Api::<BackupStorage>::all(client.clone())
-            .create(&PostParams::default(), &object)
-            .await?;
-
-        // The controller, in-process, watching only this test's EtcdBackups.
-        let mut kit = stowage_operator::Context::new(
-            client.clone(),
-            "etcd-backup-ctrl",
-            &namespace,
-            None,
-            Arc::new(stowage_operator::Metrics::new()?),
-        );
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        kit.shutdown = shutdown.clone();
-        let mut ctx = stowage_etcd_backup_ctrl::EtcdContext::new(Arc::new(kit))?;
-        ctx.selector = Some(format!("stowage.io/test={namespace}"));
-        let controller = tokio::spawn(stowage_etcd_backup_ctrl::run(Arc::new(ctx)));
-
-        let name = format!("{namespace}-backup");
-        let backup: EtcdBackup = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"stowage.io/test": namespace}},
-            "spec": {
-                "endpoints": [etcd.endpoint()],
-                "credentialsSecretRef": {"namespace": namespace, "name": "etcd-client"},
-                "storage": {"name": storage},
-                "encryption": {"recipients": [recipient]},
-            },
-        }))?;
-        let backups: Api<EtcdBackup> = Api::all(client.clone());
-        backups.create(&PostParams::default(), &backup).await?;
-        let done = stowage_e2e::wait_for(&format!("EtcdBackup {name} Succeeded"), || async {
-            let backup = backups.get(&name).await?;
-            let status = backup.status.unwrap_or_default();
-            Ok((status.phase == EtcdBackupPhase::Succeeded).then_some(status))
-        })
-        .await?;
-        shutdown.cancel();
-        let _ = controller.await;
-        let path = done.artifact.unwrap().artifact.path;
-
-        let table = succeeds(&["--kubeconfig", &kubeconfig, "etcd", "list", "--storage", &storage]);
-        assert!(
-            table.contains(&path) && table.contains(&revision.to_string()),
-            "{table}"
-        );
-
-        let data_dir = work.path().join("restored");
-        let peer = format!("http://127.0.0.1:{}", free_port()?);
-        let initial_cluster = format!("restored={peer}");
-        let steps = succeeds(&[
-            "--kubeconfig",
-            &kubeconfig,
-            "etcd",
-            "restore",
-            "--storage",
-            &storage,
-            "--path",
-            &path,
-            "--identity",
-            key_file.to_str().unwrap(),
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--name",
-            "restored",
-            "--initial-cluster",
-            &initial_cluster,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ]);
-        assert!(steps.contains("Next steps"), "{steps}");
-        let restored = support::serve(&data_dir, work.path(), &peer)?;
-        let mut restored_client = support::connect_plain(&restored.endpoint).await?;
-        let (pairs, restored_revision) = support::read_keys(&mut restored_client).await?;
-        assert_eq!((pairs.len(), restored_revision), (KEYS, revision));
         Ok(())
     })
     .await

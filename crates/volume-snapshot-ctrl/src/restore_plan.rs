@@ -260,7 +260,7 @@ mod tests {
     use super::*;
 
     fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
-        serde_yaml::from_str(text).unwrap()
+        serde_saphyr::from_str(text).unwrap()
     }
 
     #[test]

@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn selectors_become_query_strings() {
-        let selector: LabelSelector = serde_yaml::from_str(
+        let selector: LabelSelector = serde_saphyr::from_str(
             "matchLabels: {app: db}\nmatchExpressions:\n- {key: tier, operator: In, values: [a, b]}\n- {key: tmp, operator: DoesNotExist}\n",
         )
         .unwrap();
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn hooks_come_from_annotations_and_default_to_the_first_container() {
-        let pod: Pod = serde_yaml::from_str(
+        let pod: Pod = serde_saphyr::from_str(
             "metadata:\n  name: db-0\n  annotations: {stowage.io/pre-hook: ' sync ', stowage.io/post-hook: ''}\nspec:\n  containers: [{name: db}, {name: side}]\n",
         )
         .unwrap();

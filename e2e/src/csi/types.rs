@@ -9,7 +9,7 @@ pub use stowage_api::snapshot_storage::*;
 
 /// The three CRDs as one multi-document YAML file, as committed in
 /// `e2e/manifests/volumesnapshot-crds.yaml`.
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
     let mut out = String::from(
         "# CSI snapshot CRDs (snapshot.storage.k8s.io/v1), generated from crates/api/src/snapshot_storage.rs.\n\
          # Do not edit: change the types and run\n\
@@ -21,7 +21,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
         VolumeSnapshotClass::crd(),
     ] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_saphyr::to_string(&crd)?);
     }
     Ok(out)
 }
@@ -63,7 +63,7 @@ status:
   readyToUse: true
   restoreSize: 1Gi
 "#;
-        let snapshot: VolumeSnapshot = serde_yaml::from_str(yaml).expect("parse");
+        let snapshot: VolumeSnapshot = serde_saphyr::from_str(yaml).expect("parse");
         assert_eq!(
             snapshot.spec.source.persistent_volume_claim_name.as_deref(),
             Some("data")
@@ -72,7 +72,7 @@ status:
         assert_eq!(status.ready_to_use, Some(true));
         assert_eq!(status.restore_size, Some(Quantity("1Gi".into())));
 
-        let class: VolumeSnapshotClass = serde_yaml::from_str(
+        let class: VolumeSnapshotClass = serde_saphyr::from_str(
             "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshotClass\n\
              metadata: {name: c}\ndriver: d\ndeletionPolicy: Retain\n",
         )

@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::discovery::Discovery;
-use serde::Deserialize as _;
 use serde_json::json;
 use stowage_e2e::bed::{TestBed, wait_for};
 
@@ -151,8 +150,7 @@ pub async fn apply(
     recipient: &str,
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file)?;
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let mut value = serde_json::Value::deserialize(document)?;
+    for mut value in serde_saphyr::from_multiple::<serde_json::Value>(&text)? {
         if value.is_null() {
             continue;
         }

@@ -128,7 +128,7 @@ mod fixtures {
     fn templates_from_fixtures() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates.yaml");
         let text = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("read {path}: {err}"));
-        let fixture: Fixture = serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"));
+        let fixture: Fixture = serde_saphyr::from_str(&text).unwrap_or_else(|err| panic!("parse {path}: {err}"));
         assert!(fixture.cases.len() > 100, "the fixture lost its cases");
 
         let mut failures = Vec::new();

@@ -4,12 +4,30 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use stowage_e2e::process::{ManagedChild, free_port, wait_for_port};
+
+/// An age key made by the stock `age-keygen`, written to `dir/key.txt`: (key file, recipient).
+pub fn age_key(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("key.txt");
+    let status = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .status()
+        .expect("age-keygen not found: apt-get install age");
+    assert!(status.success(), "age-keygen failed");
+    let text = std::fs::read_to_string(&path).expect("reading the key age-keygen wrote");
+    let recipient = text
+        .lines()
+        .find_map(|line| line.strip_prefix("# public key: "))
+        .expect("age-keygen writes the public key as a comment")
+        .to_string();
+    (path, recipient)
+}
 
 /// Puts `count` keys `/stowage-test/key-NNNN` = `value-NNNN`; returns the revision after the last.
 pub async fn put_keys(client: &mut etcd_client::Client, count: usize) -> anyhow::Result<i64> {

@@ -31,7 +31,7 @@ pub fn encryption_config(keys: &[(&str, &str)]) -> String {
 }
 
 pub fn widget_crd() -> CustomResourceDefinition {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
