@@ -26,7 +26,10 @@ mod kubelet_api;
 mod pod_status;
 mod pods;
 mod process;
+mod spdy;
+mod streams;
 mod volumes;
+mod websocket;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
