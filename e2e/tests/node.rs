@@ -468,10 +468,13 @@ async fn restart_policies_restart_containers() -> anyhow::Result<()> {
             .and_then(|status| status.container_statuses)
             .unwrap_or_default();
         assert_eq!(status.first().map(|container| container.restart_count), Some(1));
-        assert_eq!(
-            pods.logs("retry", &LogParams::default()).await?,
-            "first run\nsecond run\n"
-        );
+        // As on a kubelet, the log is the current run's; the failed run is the previous one.
+        assert_eq!(pods.logs("retry", &LogParams::default()).await?, "second run\n");
+        let previous = LogParams {
+            previous: true,
+            ..LogParams::default()
+        };
+        assert_eq!(pods.logs("retry", &previous).await?, "first run\n");
 
         create_pod(
             &client,

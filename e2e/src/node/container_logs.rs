@@ -1,9 +1,14 @@
-//! `pods/log`: a container's stdout and stderr, as captured in its log file.
+//! `pods/log`: a container's output, read from its CRI log files as a kubelet reads them.
 //!
-//! Supports `tailLines`, `limitBytes` and `follow` (which ends once the container's process has
-//! exited and its output is drained).
+//! Options as a kubelet honours them: `previous` (the run in the container's lastState),
+//! `tailLines` (the last records of the file), `sinceSeconds`/`sinceTime` (records written from
+//! then on), `timestamps` (each record prefixed with its time), `limitBytes` (the output cut
+//! after that many bytes) and `follow`, which ends once the followed run has exited and its
+//! output is drained (a restarted container's new run is not followed, as on a real node).
+//! Memory stays bounded: files are read in chunks, never whole.
 
 use std::io::SeekFrom;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,16 +16,58 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio::fs::File;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::NodeContext;
-use super::containers::ContainerRuntime;
+use super::containers::{ContainerRuntime, RunState};
+use super::cri_log;
 use super::kubelet_api::{Body, Query, find_container, text};
 
 const CHUNK: usize = 64 * 1024;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// The query options of one `pods/log` request.
+struct LogOptions {
+    follow: bool,
+    previous: bool,
+    timestamps: bool,
+    tail_lines: Option<u64>,
+    limit_bytes: Option<u64>,
+    since: Option<Timestamp>,
+}
+
+impl LogOptions {
+    fn parse(query: &Query) -> Result<Self, String> {
+        let number = |key: &str| -> Result<Option<u64>, String> {
+            query
+                .get(key)
+                .map(|value| value.parse::<u64>().map_err(|_| format!("invalid {key}: {value:?}")))
+                .transpose()
+        };
+        let since = match (query.get("sinceTime"), number("sinceSeconds")?) {
+            (Some(time), _) => Some(
+                time.parse::<Timestamp>()
+                    .map_err(|error| format!("invalid sinceTime {time:?}: {error}"))?,
+            ),
+            (None, Some(seconds)) => {
+                let seconds = i64::try_from(seconds).map_err(|_| "sinceSeconds out of range".to_owned())?;
+                Timestamp::now().checked_sub(SignedDuration::from_secs(seconds)).ok()
+            }
+            (None, None) => None,
+        };
+        Ok(LogOptions {
+            follow: query.flag("follow"),
+            previous: query.flag("previous"),
+            timestamps: query.flag("timestamps"),
+            tail_lines: number("tailLines")?,
+            limit_bytes: number("limitBytes")?,
+            since,
+        })
+    }
+}
 
 pub(super) async fn handle(
     ctx: &Arc<NodeContext>,
@@ -29,55 +76,39 @@ pub(super) async fn handle(
     container: &str,
     query: &Query,
 ) -> Response<Body> {
-    let (pod_runtime, runtime) = match find_container(ctx, namespace, pod, container) {
+    let (_pod_runtime, runtime) = match find_container(ctx, namespace, pod, container) {
         Ok(found) => found,
         Err(response) => return *response,
     };
-    let mut file = match File::open(&runtime.log_path).await {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!("container {container} in pod {namespace}/{pod} is waiting to start"),
-            );
-        }
-        Err(error) => {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("reading the container log: {error}"),
-            );
-        }
+    let options = match LogOptions::parse(query) {
+        Ok(options) => options,
+        Err(message) => return text(StatusCode::BAD_REQUEST, &message),
     };
-    if let Some(lines) = query.get("tailLines").and_then(|lines| lines.parse::<u64>().ok()) {
+    let run = match run_to_show(&runtime, pod, options.previous) {
+        Ok(run) => run,
+        Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+    };
+    let internal_error = |error: std::io::Error| {
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("reading the log of container {container}: {error}"),
+        )
+    };
+    let mut file = match File::open(runtime.log_file(run)).await {
+        Ok(file) => file,
+        Err(error) => return internal_error(error),
+    };
+    if let Some(lines) = options.tail_lines {
         let start = match start_of_last_lines(&mut file, lines).await {
             Ok(start) => start,
-            Err(error) => {
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("reading the container log: {error}"),
-                );
-            }
+            Err(error) => return internal_error(error),
         };
         if let Err(error) = file.seek(SeekFrom::Start(start)).await {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("reading the container log: {error}"),
-            );
+            return internal_error(error);
         }
     }
-    let limit = query
-        .get("limitBytes")
-        .and_then(|limit| limit.parse::<u64>().ok())
-        .unwrap_or(u64::MAX);
     let (chunks_tx, chunks) = mpsc::channel(4);
-    tokio::spawn(stream_log(
-        file,
-        runtime,
-        pod_runtime.stop.clone(),
-        query.flag("follow"),
-        limit,
-        chunks_tx,
-    ));
+    tokio::spawn(stream_log(file, runtime, run, options, chunks_tx));
     let stream = futures::stream::unfold(chunks, |mut chunks| async move {
         chunks.recv().await.map(|chunk| (chunk, chunks))
     });
@@ -88,54 +119,113 @@ pub(super) async fn handle(
     response
 }
 
+/// The run whose log a request shows, or the error a kubelet answers (400) when there is none.
+/// The container's lastState is the run before the latest, or the latest while the container
+/// waits to be restarted; that is also what a waiting container's current log shows.
+fn run_to_show(runtime: &ContainerRuntime, pod: &str, previous: bool) -> Result<u32, String> {
+    let state = *runtime.runs.borrow();
+    let name = &runtime.name;
+    if previous {
+        let last_state = if state.restarting {
+            state.started.checked_sub(1)
+        } else {
+            state.started.checked_sub(2)
+        };
+        last_state.ok_or_else(|| format!("previous terminated container \"{name}\" in pod \"{pod}\" not found"))
+    } else {
+        state.started.checked_sub(1).ok_or_else(|| {
+            format!(
+                "container \"{name}\" in pod \"{pod}\" is waiting to start: {}",
+                runtime.first_waiting_reason
+            )
+        })
+    }
+}
+
+/// Run `run` will write nothing more.
+fn finished(state: &RunState, run: u32) -> bool {
+    run + 1 < state.started || state.ended
+}
+
 type Chunk = Result<Frame<Bytes>, std::io::Error>;
 
 async fn stream_log(
-    mut file: File,
+    file: File,
     runtime: Arc<ContainerRuntime>,
-    pod_stop: tokio_util::sync::CancellationToken,
-    follow: bool,
-    mut limit: u64,
+    run: u32,
+    options: LogOptions,
     chunks: mpsc::Sender<Chunk>,
 ) {
-    let mut running = runtime.running.subscribe();
-    let mut buffer = vec![0_u8; CHUNK];
-    // Set once the container stopped: one more read drains what it wrote last.
+    let mut runs = runtime.runs.subscribe();
+    let mut reader = BufReader::with_capacity(CHUNK, file);
+    let mut limit = options.limit_bytes.unwrap_or(u64::MAX);
+    let mut record = Vec::new();
+    let mut out = Vec::with_capacity(CHUNK);
+    // Set once the run ended: one more pass reads what it wrote last.
     let mut draining = false;
-    while limit > 0 {
-        let want = usize::try_from(limit.min(CHUNK as u64)).unwrap_or(CHUNK);
-        let read = match file.read(&mut buffer[..want]).await {
-            Ok(read) => read,
-            Err(error) => {
-                let _ = chunks.send(Err(error)).await;
-                return;
-            }
-        };
-        if read > 0 {
-            limit -= read as u64;
-            if chunks
-                .send(Ok(Frame::data(Bytes::copy_from_slice(&buffer[..read]))))
-                .await
-                .is_err()
+    loop {
+        if let Err(error) = reader.read_until(b'\n', &mut record).await {
+            let _ = chunks.send(Err(error)).await;
+            return;
+        }
+        if let Some(line) = record.strip_suffix(b"\n") {
+            if let Some(parsed) = cri_log::parse(line)
+                && options.since.is_none_or(|since| parsed.time >= since)
             {
-                return; // the client went away
+                parsed.render(options.timestamps, &mut out);
+            }
+            record.clear();
+            if out.len() >= CHUNK && !send(&chunks, &mut out, &mut limit).await {
+                return;
             }
             continue;
         }
-        if !follow || draining {
+        // At the end of what is written so far (`record` may hold the start of one).
+        if !send(&chunks, &mut out, &mut limit).await || !options.follow || draining {
             return;
         }
-        if !*running.borrow_and_update() || pod_stop.is_cancelled() {
+        if finished(&runs.borrow_and_update(), run) {
             draining = true;
             continue;
         }
         tokio::select! {
             () = tokio::time::sleep(FOLLOW_POLL) => {}
-            _ = running.changed() => {}
-            () = pod_stop.cancelled() => {}
+            _ = runs.changed() => {}
             () = chunks.closed() => return,
         }
     }
+}
+
+/// Sends what is rendered, cut at the byte limit. False when the response must end.
+async fn send(chunks: &mpsc::Sender<Chunk>, out: &mut Vec<u8>, limit: &mut u64) -> bool {
+    if !out.is_empty() {
+        let take = usize::try_from(*limit).unwrap_or(usize::MAX).min(out.len());
+        let data = Bytes::copy_from_slice(&out[..take]);
+        out.clear();
+        *limit -= take as u64;
+        if chunks.send(Ok(Frame::data(data))).await.is_err() {
+            return false;
+        }
+    }
+    *limit > 0
+}
+
+/// The output of a log file's last `lines` records, at most its last `max_bytes` bytes, as
+/// `FallbackToLogsOnError` takes it.
+pub(crate) async fn last_output(path: &Path, lines: u64, max_bytes: usize) -> std::io::Result<Vec<u8>> {
+    let mut file = File::open(path).await?;
+    let start = start_of_last_lines(&mut file, lines).await?;
+    file.seek(SeekFrom::Start(start)).await?;
+    let mut reader = BufReader::new(file);
+    let mut record = Vec::new();
+    let mut out = Vec::new();
+    while reader.read_until(b'\n', &mut record).await? > 0 {
+        if let Some(parsed) = record.strip_suffix(b"\n").and_then(cri_log::parse) {
+            parsed.render(false, &mut out);
+        }
+        record.clear();
+    }
+    Ok(out.split_off(out.len().saturating_sub(max_bytes)))
 }
 
 /// The offset where the last `lines` lines of the file begin (a final newline ends the last

@@ -10,21 +10,35 @@
 //! Everything it does is written to its own log file ([`NodeSimulator::log_path`]) so that a
 //! failing test can show what the "node" saw.
 //!
+//! Containers run as a v1.3x kubelet with containerd runs them: stdout and stderr are captured
+//! per run in CRI log files (`pods/log` with follow, tailLines, limitBytes, sinceSeconds,
+//! sinceTime, timestamps and previous), termination messages are read from
+//! `terminationMessagePath` (with `FallbackToLogsOnError`), startup, readiness and liveness
+//! probes (exec, httpGet, tcpSocket) drive `started`, `ready` and the Pod's conditions or kill
+//! the container, init containers run one at a time first, restartPolicy and a CrashLoopBackOff
+//! back-off decide restarts (shorter than a kubelet's: 1 s doubling to 30 s), phases follow the
+//! kubelet's rules, and deletion runs the preStop hook, sends SIGTERM and SIGKILLs what is left
+//! when the deletion's grace period ends (at least 2 s), then reports the terminal phase and
+//! removes the Pod. A container with `stdin: true` gets a stdin pipe for `attach`.
+//!
 //! What it does not simulate: images (a container without `command` idles as `sleep infinity`;
-//! `args` without `command` are ignored), probes (a running container is Ready), resource limits,
-//! network namespaces (every Pod shares the host's network, so two Pods listening on one port
-//! collide), `fsGroup`, terminal (tty) exec, `attach`, `portForward`, and exec over SPDY (kubectl
-//! 1.20's `kubectl exec` speaks only SPDY; kube-rs and newer kubectl use WebSocket). As in
+//! `args` without `command` are ignored), HTTPS and gRPC probes, postStart hooks, sidecar
+//! (restartable init) containers, readiness gates, resource limits, network namespaces (every
+//! Pod shares the host's network, so two Pods listening on one port collide), `fsGroup`, `portForward` and
+//! terminal (tty) sessions. A termination message path outside any volume gets an empty mount
+//! point file on the host (e.g. `/dev/termination-log`), since bind mounts need one. As in
 //! Kubernetes, `$(VAR)` in command and args is expanded and `$$` becomes `$`.
 
 mod container_logs;
 mod containers;
+mod cri_log;
 mod env;
 mod exec;
 mod heartbeat;
 mod kubelet_api;
 mod pod_status;
 mod pods;
+mod probes;
 mod process;
 mod spdy;
 mod streams;

@@ -21,7 +21,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::containers::{ContainerRun, ContainerRuntime, Restart};
-use super::pod_status::{ContainerEvent, PodStatusModel};
+use super::pod_status::{ContainerEvent, PodStatusModel, first_waiting_reason};
 use super::process::ContainerContext;
 use super::{NodeContext, env, heartbeat, lock, volumes};
 
@@ -222,6 +222,9 @@ struct Worker {
     model: PodStatusModel,
     grace_seconds: Arc<AtomicU64>,
     containers: JoinSet<()>,
+    /// Where the containers report; dropped once the Pod stops, so that the receiver ends when
+    /// the last container has reported its end.
+    events_tx: Option<mpsc::Sender<ContainerEvent>>,
 }
 
 impl Worker {
@@ -240,6 +243,7 @@ impl Worker {
             model: PodStatusModel::new(&pod),
             grace_seconds: Arc::new(AtomicU64::new(30)),
             containers: JoinSet::new(),
+            events_tx: None,
             ctx,
             pod,
             updates,
@@ -259,7 +263,9 @@ impl Worker {
             .log
             .line(format_args!("running pod {} (uid {})", self.label, self.runtime.uid));
         lock(&self.ctx.pods).insert(self.key(), self.runtime.clone());
-        let ending = self.live().await;
+        let (events_tx, mut events) = mpsc::channel(64);
+        self.events_tx = Some(events_tx);
+        let ending = self.live(&mut events).await;
         let grace = termination_grace(&self.pod);
         self.ctx.log.line(format_args!(
             "stopping pod {} ({ending:?}, grace {grace} s)",
@@ -267,8 +273,16 @@ impl Worker {
         ));
         self.grace_seconds.store(grace, Ordering::Relaxed);
         self.runtime.stop.cancel();
+        self.events_tx = None;
+        while let Some(event) = events.recv().await {
+            self.model.apply(&event);
+        }
         while self.containers.join_next().await.is_some() {}
         if ending == Ending::Deleted {
+            // A kubelet reports the stopped containers and the terminal phase before the Pod
+            // object goes.
+            self.model.set_terminating();
+            self.report().await;
             complete_deletion(&self.ctx, &self.pod).await;
         }
         let key = self.key();
@@ -287,7 +301,7 @@ impl Worker {
     }
 
     /// Runs the Pod until it must stop.
-    async fn live(&mut self) -> Ending {
+    async fn live(&mut self, events: &mut mpsc::Receiver<ContainerEvent>) -> Ending {
         loop {
             if self.pod.metadata.deletion_timestamp.is_some() {
                 return Ending::Deleted;
@@ -306,22 +320,22 @@ impl Worker {
                 }
             }
         }
+        self.model.set_sandbox_ready();
         let spec = self.pod.spec.clone().unwrap_or_default();
         let init_containers = spec.init_containers.clone().unwrap_or_default();
         let restart = Restart::from_policy(spec.restart_policy.as_deref());
-        let (events_tx, mut events) = mpsc::channel(64);
         let mut next_init = 0;
-        self.start_next_stage(&spec.containers, &init_containers, &mut next_init, restart, &events_tx);
+        self.start_next_stage(&spec.containers, &init_containers, &mut next_init, restart);
         self.report().await;
         loop {
             tokio::select! {
                 Some(event) = events.recv() => {
                     self.model.apply(&event);
-                    if let ContainerEvent::Exited { name, exit, restarting: false } = &event
+                    if let ContainerEvent::Exited { name, exit, backoff: None } = &event
                         && exit.code == 0
                         && init_containers.iter().any(|init| init.name == *name)
                     {
-                        self.start_next_stage(&spec.containers, &init_containers, &mut next_init, restart, &events_tx);
+                        self.start_next_stage(&spec.containers, &init_containers, &mut next_init, restart);
                     }
                     self.report().await;
                 }
@@ -357,8 +371,6 @@ impl Worker {
         let volumes = volumes::prepare(client, &self.pod, &self.dir)
             .await
             .map_err(|e| ("ContainerCreating", e))?;
-        let logs = self.dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| ("ContainerCreating", e.into()))?;
         let spec = self.pod.spec.clone().unwrap_or_default();
         let pod_security = spec.security_context.clone().unwrap_or_default();
         let mut prepared = HashMap::new();
@@ -384,12 +396,8 @@ impl Worker {
                     .or(pod_security.run_as_group)
                     .and_then(|id| u32::try_from(id).ok()),
             };
-            let log_path = logs.join(format!("{}.log", container.name));
-            let runtime = ContainerRuntime {
-                context,
-                log_path,
-                running: watch::channel(false).0,
-            };
+            let runtime = ContainerRuntime::new(container, context, &self.dir, first_waiting_reason(&self.pod))
+                .map_err(|e| ("ContainerCreating", e.into()))?;
             prepared.insert(container.name.clone(), Arc::new(runtime));
         }
         *lock(&self.runtime.containers) = prepared;
@@ -403,7 +411,6 @@ impl Worker {
         init_containers: &[Container],
         next_init: &mut usize,
         restart: Restart,
-        events: &mpsc::Sender<ContainerEvent>,
     ) {
         if let Some(init) = init_containers.get(*next_init) {
             *next_init += 1;
@@ -413,19 +420,28 @@ impl Worker {
             } else {
                 Restart::OnFailure
             };
-            self.start_container(init, init_restart, events);
+            self.start_container(init, init_restart);
         } else if *next_init == init_containers.len() {
             *next_init += 1;
             for container in containers {
-                self.start_container(container, restart, events);
+                self.start_container(container, restart);
             }
         }
     }
 
-    fn start_container(&mut self, container: &Container, restart: Restart, events: &mpsc::Sender<ContainerEvent>) {
+    fn start_container(&mut self, container: &Container, restart: Restart) {
         let Some(runtime) = lock(&self.runtime.containers).get(&container.name).cloned() else {
             return;
         };
+        let Some(events) = self.events_tx.clone() else { return };
+        let (namespace, name) = self.key();
+        let pod_grace_seconds = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.termination_grace_period_seconds)
+            .and_then(|seconds| u64::try_from(seconds).ok())
+            .unwrap_or(30);
         let argv = command_line(container, &runtime.context.env);
         self.ctx.log.line(format_args!(
             "starting container {} of pod {}: {argv:?}",
@@ -434,13 +450,15 @@ impl Worker {
         let run = ContainerRun {
             node: self.ctx.clone(),
             pod: self.label.clone(),
-            name: container.name.clone(),
+            pod_id: format!("{name}_{namespace}({})", self.runtime.uid),
+            spec: container.clone(),
             argv,
             runtime,
             restart,
-            events: events.clone(),
+            events,
             stop: self.runtime.stop.clone(),
             grace_seconds: self.grace_seconds.clone(),
+            pod_grace_seconds,
         };
         self.containers.spawn(run.run());
     }
@@ -449,7 +467,14 @@ impl Worker {
     async fn report(&mut self) {
         let (namespace, name) = self.key();
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let patch = json!({ "status": self.model.status() });
+        let scheduled = self
+            .pod
+            .status
+            .iter()
+            .flat_map(|status| status.conditions.iter().flatten())
+            .find(|condition| condition.type_ == "PodScheduled" && condition.status == "True")
+            .cloned();
+        let patch = json!({ "status": self.model.status(scheduled) });
         if let Err(error) = api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
