@@ -353,3 +353,58 @@ async fn an_exec_client_that_closes_stdin_still_gets_the_status() -> anyhow::Res
     })
     .await
 }
+
+/// `kubectl attach -i` to a container with `stdin: true, stdinOnce: true`: the client talks to the
+/// main process, and ending the client's stdin ends the process's stdin; the session lasts until
+/// the container exits, and kubectl then exits 0.
+#[tokio::test]
+async fn kubectl_attach_talks_to_the_main_process_and_its_stdin_closes_once() -> anyhow::Result<()> {
+    let bed = bed().await?;
+    let kubeconfig = bed.kubeconfig_path().to_path_buf();
+    bed.with_namespace("streams-attach", |client, ns| async move {
+        for (index, kubectl) in ALL_KUBECTLS.into_iter().enumerate() {
+            let name = format!("attached-{index}");
+            create::<Pod>(
+                &client,
+                &ns,
+                &name,
+                json!({
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "main",
+                        "image": "busybox",
+                        "stdin": true,
+                        "stdinOnce": true,
+                        "command": ["sh", "-c", "while read line; do echo \"got $line\"; done; echo 'stdin ended'; sleep 1; echo bye"],
+                    }],
+                }),
+            )
+            .await?;
+            wait_until::<Pod>(&client, &ns, &name, "to be Running", |pod| {
+                pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Running")
+            })
+            .await?;
+            let mut command = kubectl.command(&kubeconfig)?;
+            command.args(["attach", "-i", "-n", &ns, &name, "-c", "main"]);
+            let mut child = command.spawn()?;
+            let mut stdin = child.stdin.take().expect("stdin is piped");
+            let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+            for round in 0..3 {
+                stdin.write_all(format!("hello{round}\n").as_bytes()).await?;
+                stdin.flush().await?;
+                assert_eq!(stdout.next_line().await?, Some(format!("got hello{round}")), "{kubectl:?}");
+            }
+            drop(stdin);
+            assert_eq!(stdout.next_line().await?.as_deref(), Some("stdin ended"), "{kubectl:?}");
+            assert_eq!(stdout.next_line().await?.as_deref(), Some("bye"), "{kubectl:?}");
+            let status = child.wait().await?;
+            assert_eq!(status.code(), Some(0), "{kubectl:?} attach");
+            wait_until::<Pod>(&client, &ns, &name, "to succeed", |pod| {
+                pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Succeeded")
+            })
+            .await?;
+        }
+        Ok(())
+    })
+    .await
+}
