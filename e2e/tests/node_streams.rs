@@ -32,11 +32,15 @@ async fn running_pod(client: &kube::Client, namespace: &str, name: &str, volume:
         }),
     )
     .await?;
-    wait_until::<Pod>(client, namespace, name, "to be Running", |pod| {
-        pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Running")
-    })
-    .await?;
+    wait_for_phase(client, namespace, name, "Running").await?;
     Ok(Api::namespaced(client.clone(), namespace))
+}
+
+async fn wait_for_phase(client: &kube::Client, namespace: &str, name: &str, phase: &str) -> anyhow::Result<Pod> {
+    wait_until::<Pod>(client, namespace, name, &format!("to be {phase}"), |pod| {
+        pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some(phase)
+    })
+    .await
 }
 
 /// The exec clients under test that run as a kubectl process.
@@ -380,10 +384,7 @@ async fn kubectl_attach_talks_to_the_main_process_and_its_stdin_closes_once() ->
                 }),
             )
             .await?;
-            wait_until::<Pod>(&client, &ns, &name, "to be Running", |pod| {
-                pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Running")
-            })
-            .await?;
+            wait_for_phase(&client, &ns, &name, "Running").await?;
             let mut command = kubectl.command(&kubeconfig)?;
             command.args(["attach", "-i", "-n", &ns, &name, "-c", "main"]);
             let mut child = command.spawn()?;
@@ -399,10 +400,7 @@ async fn kubectl_attach_talks_to_the_main_process_and_its_stdin_closes_once() ->
             assert_eq!(stdout.next_line().await?.as_deref(), Some("bye"), "{kubectl:?}");
             let status = child.wait().await?;
             assert_eq!(status.code(), Some(0), "{kubectl:?} attach");
-            wait_until::<Pod>(&client, &ns, &name, "to succeed", |pod| {
-                pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Succeeded")
-            })
-            .await?;
+            wait_for_phase(&client, &ns, &name, "Succeeded").await?;
         }
         Ok(())
     })

@@ -11,14 +11,14 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::NodeContext;
 use super::containers::{AttachedStdin, ContainerRuntime, OutputChunk};
 use super::cri_log::LogStream;
-use super::kubelet_api::{Body, Query, find_container, text};
+use super::kubelet_api::{Body, Query};
 use super::streams::{self, Connection, Input, Output, SessionEnd, Wanted};
 
 /// Answers an attach request: checks it, answers the upgrade and runs the session in the
@@ -31,32 +31,19 @@ pub(super) fn handle(
     container: &str,
     query: &Query,
 ) -> Response<Body> {
-    let wanted = match Wanted::from_query(query) {
-        Ok(wanted) => wanted,
+    let accepted = match streams::accept(&ctx, &mut request, (namespace, pod, container), query, "attach to") {
+        Ok(accepted) => accepted,
         Err(response) => return *response,
     };
-    let (_, runtime) = match find_container(&ctx, namespace, pod, container) {
-        Ok(found) => found,
-        Err(response) => return *response,
-    };
-    if !*runtime.running.borrow() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            &format!("container {container} of pod {namespace}/{pod} is not running"),
-        );
-    }
-    let label = format!("{namespace}/{pod}/{container}");
-    let (response, connect) = match streams::upgrade(&ctx, &mut request, wanted, format!("attach to {label}")) {
-        Ok(upgrade) => upgrade,
-        Err(response) => return *response,
-    };
+    let (runtime, wanted, label) = (accepted.container, accepted.wanted, accepted.label);
+    let connect = accepted.connect;
     tokio::spawn(async move {
         match connect.await {
             Ok(connection) => attach(&ctx, &runtime, wanted, &label, connection).await,
             Err(error) => ctx.log.line(format_args!("attach to {label}: no session: {error:#}")),
         }
     });
-    response
+    accepted.response
 }
 
 /// Why an attach session ended.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::NodeContext;
 use super::containers::ContainerRuntime;
-use super::kubelet_api::{Body, Query, find_container, text};
+use super::kubelet_api::{Body, Query, text};
 use super::process::{Stdios, exit_code};
 use super::streams::{self, Connection, FRAME_SIZE, Input, Output, SessionEnd, Wanted};
 
@@ -43,32 +43,18 @@ pub(super) fn handle(
     if command.is_empty() {
         return text(StatusCode::BAD_REQUEST, "exec needs at least one command parameter");
     }
-    let wanted = match Wanted::from_query(query) {
-        Ok(wanted) => wanted,
+    let accepted = match streams::accept(&ctx, &mut request, (namespace, pod, container), query, "exec in") {
+        Ok(accepted) => accepted,
         Err(response) => return *response,
     };
-    let (pod_runtime, runtime) = match find_container(&ctx, namespace, pod, container) {
-        Ok(found) => found,
-        Err(response) => return *response,
-    };
-    if !*runtime.running.borrow() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            &format!("container {container} of pod {namespace}/{pod} is not running"),
-        );
-    }
-    let label = format!("{namespace}/{pod}/{container}");
-    let (response, connect) = match streams::upgrade(&ctx, &mut request, wanted, format!("exec in {label}")) {
-        Ok(upgrade) => upgrade,
-        Err(response) => return *response,
-    };
+    let connect = accepted.connect;
     let session = Session {
         ctx: ctx.clone(),
-        runtime,
-        pod_stop: pod_runtime.stop.clone(),
+        runtime: accepted.container,
+        pod_stop: accepted.pod.stop.clone(),
         command,
-        wanted,
-        label,
+        wanted: accepted.wanted,
+        label: accepted.label,
     };
     tokio::spawn(async move {
         match connect.await {
@@ -79,7 +65,7 @@ pub(super) fn handle(
             )),
         }
     });
-    response
+    accepted.response
 }
 
 struct Session {

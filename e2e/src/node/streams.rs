@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::NodeContext;
-use super::kubelet_api::{Body, Query, text};
+use super::containers::ContainerRuntime;
+use super::kubelet_api::{Body, Query, find_container, text};
+use super::pods::PodRuntime;
 use super::{spdy, websocket};
 
 /// Bytes read from the command's stdout or stderr (or the client's stdin) per frame.
@@ -161,9 +163,50 @@ pub(super) struct Connection {
 /// What a transport's driver works with.
 pub(super) type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
+/// A session request that passed a kubelet's checks: its container, its streams, the `101`
+/// answer and the connection to come.
+pub(super) struct Accepted {
+    pub(super) pod: Arc<PodRuntime>,
+    pub(super) container: Arc<ContainerRuntime>,
+    pub(super) wanted: Wanted,
+    /// `namespace/pod/container`, for the node log.
+    pub(super) label: String,
+    pub(super) response: Response<Body>,
+    pub(super) connect: PendingConnection,
+}
+
+/// Checks an exec or attach request (`what`) for a running container and answers its upgrade;
+/// or the error response a kubelet would give.
+pub(super) fn accept(
+    ctx: &Arc<NodeContext>,
+    request: &mut Request<Incoming>,
+    (namespace, pod, container): (&str, &str, &str),
+    query: &Query,
+    what: &str,
+) -> Result<Accepted, Box<Response<Body>>> {
+    let wanted = Wanted::from_query(query)?;
+    let (pod_runtime, runtime) = find_container(ctx, namespace, pod, container)?;
+    if !*runtime.running.borrow() {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            &format!("container {container} of pod {namespace}/{pod} is not running"),
+        )));
+    }
+    let label = format!("{namespace}/{pod}/{container}");
+    let (response, connect) = upgrade(ctx, request, wanted, format!("{what} {label}"))?;
+    Ok(Accepted {
+        pod: pod_runtime,
+        container: runtime,
+        wanted,
+        label,
+        response,
+        connect,
+    })
+}
+
 /// Answers an exec or attach request's upgrade: `101 Switching Protocols` and the future that
 /// sets up the connection, or the error response a kubelet would give.
-pub(super) fn upgrade(
+fn upgrade(
     ctx: &Arc<NodeContext>,
     request: &mut Request<Incoming>,
     wanted: Wanted,
