@@ -116,6 +116,7 @@ pub fn install() -> anyhow::Result<Binaries> {
 
     ensure_packages(&RUNTIME_PACKAGES)?;
     ensure_kubectl()?;
+    debian_kubectl()?;
     if let Ok(binaries) = locate() {
         eprintln!(
             "envtest: cached binaries found in {}",
@@ -163,6 +164,50 @@ fn ensure_kubectl() -> anyhow::Result<()> {
         return Ok(());
     }
     ensure_packages(&["kubernetes-client"])
+}
+
+/// Debian's own `kubectl` (1.20, from `kubernetes-client`), which speaks exec and attach only over
+/// SPDY: the node simulator's tests need a real SPDY client. Machines whose /usr/bin/kubectl comes
+/// from another package cannot install `kubernetes-client`, so its package is unpacked into
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/stowage/kubectl-debian/` instead of being installed.
+pub fn debian_kubectl() -> anyhow::Result<PathBuf> {
+    let root = cache_root()
+        .parent()
+        .map_or_else(cache_root, Path::to_path_buf)
+        .join("kubectl-debian");
+    let kubectl = root.join("usr/bin/kubectl");
+    if kubectl.is_file() {
+        return Ok(kubectl);
+    }
+    let parent = root.parent().context("the kubectl cache has no parent directory")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("kubectl-debian-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a scratch directory in {}", parent.display()))?;
+    let how = "Debian's kubernetes-client package could not be unpacked; on Debian 12 run \
+               `apt-get update && cd /tmp && apt-get download kubernetes-client && \
+               dpkg-deb -x kubernetes-client_*.deb ~/.cache/stowage/kubectl-debian`";
+    run(Command::new("apt-get")
+        .args(["download", "kubernetes-client"])
+        .current_dir(scratch.path()))
+    .context(how)?;
+    let package = std::fs::read_dir(scratch.path())?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context(how)?;
+    let unpacked = scratch.path().join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&package).arg(&unpacked)).context(how)?;
+    anyhow::ensure!(
+        unpacked.join("usr/bin/kubectl").is_file(),
+        "{how}: the package holds no usr/bin/kubectl"
+    );
+    // Another process may have unpacked it meanwhile; either copy will do.
+    if std::fs::rename(&unpacked, &root).is_err() && !kubectl.is_file() {
+        bail!("moving Debian's kubectl into {}", root.display());
+    }
+    Ok(kubectl)
 }
 
 fn package_installed(package: &str) -> bool {

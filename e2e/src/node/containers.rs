@@ -75,7 +75,6 @@ pub(crate) struct RunState {
 
 /// A piece of a container's live output, for `attach`.
 #[derive(Debug, Clone)]
-#[allow(dead_code, reason = "the attach hook, for the attach endpoint of kubelet_api")]
 pub(crate) struct OutputChunk {
     pub(crate) stream: LogStream,
     pub(crate) data: Bytes,
@@ -94,7 +93,6 @@ enum StdinMode {
 
 /// The stdin pipe of the current run, fed through a channel so that sessions never share a
 /// writer.
-#[allow(dead_code, reason = "the attach hook, for the attach endpoint of kubelet_api")]
 struct RunStdin {
     input: mpsc::Sender<Bytes>,
     closed: CancellationToken,
@@ -107,7 +105,6 @@ struct TerminationFile {
 }
 
 /// One attach session's hold on the container's stdin.
-#[allow(dead_code, reason = "the attach hook, for the attach endpoint of kubelet_api")]
 pub(crate) struct AttachedStdin {
     input: mpsc::Sender<Bytes>,
     closed: CancellationToken,
@@ -115,7 +112,6 @@ pub(crate) struct AttachedStdin {
 }
 
 impl AttachedStdin {
-    #[allow(dead_code, reason = "the attach hook, for the attach endpoint of kubelet_api")]
     /// Writes `data` to the container's stdin, waiting while the process does not read.
     /// Fails once the run ended or stdin was closed.
     pub(crate) async fn write(&self, data: Bytes) -> Result<(), StdinClosed> {
@@ -137,7 +133,6 @@ impl Drop for AttachedStdin {
 
 /// The container's stdin is closed or its run ended.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code, reason = "the attach hook, for the attach endpoint of kubelet_api")]
 pub(crate) struct StdinClosed;
 
 impl ContainerRuntime {
@@ -203,7 +198,6 @@ impl ContainerRuntime {
     /// The container never waits for a receiver: one that falls more than 64 chunks behind
     /// gets `RecvError::Lagged` and should end its session, as a kubelet drops a slow attach
     /// client. Watch `running` to learn when the current run ends.
-    #[allow(dead_code, reason = "the attach hook, for the attach endpoint of kubelet_api")]
     pub(crate) fn subscribe_output(&self) -> broadcast::Receiver<OutputChunk> {
         self.output.subscribe()
     }
@@ -212,7 +206,6 @@ impl ContainerRuntime {
     /// still open. With `stdinOnce` it closes (the process reads EOF) when the first session
     /// holding it drops it; otherwise it stays open for later sessions. A restarted container
     /// gets a new stdin.
-    #[allow(dead_code, reason = "the attach hook, for the attach endpoint of kubelet_api")]
     pub(crate) fn attach_stdin(&self) -> Option<AttachedStdin> {
         let slot = lock(&self.stdin);
         let run = slot.as_ref().filter(|run| !run.closed.is_cancelled())?;
@@ -226,6 +219,11 @@ impl ContainerRuntime {
     /// Whether the container's spec asks for a stdin (`stdin: true`).
     pub(crate) fn has_stdin(&self) -> bool {
         self.stdin_mode != StdinMode::None
+    }
+
+    /// Whether its stdin closes when the first attach session ends (`stdinOnce: true`).
+    pub(crate) fn stdin_once(&self) -> bool {
+        self.stdin_mode == StdinMode::Once
     }
 
     /// The termination message of a run that exited with `code`, as a kubelet builds it.

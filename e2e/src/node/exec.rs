@@ -1,89 +1,36 @@
-//! `pods/exec` over WebSocket, with the channel.k8s.io protocols that kube-rs and kubectl speak.
+//! `pods/exec`: runs a command in a container and connects it to the client, as a kubelet does.
 //!
-//! Every binary frame starts with a channel byte: 0 stdin (client → node), 1 stdout, 2 stderr,
-//! 3 the final status (v4 and v5: a JSON `Status`; v1: an error text), 4 terminal resize, and in
-//! v5 255 "close channel N" (the client's stdin EOF). The command runs in the container's mount
-//! namespace and environment. Streams are copied in bounded frames, so a slow reader slows the
-//! command down instead of filling our memory.
+//! The command runs in the container's mount namespace and environment, over SPDY or WebSocket
+//! ([`super::streams`]). When the client closes its stdin, or goes away without closing it, the
+//! command's stdin is closed and the command runs on to its own end: a kubelet does not kill it,
+//! and neither do we. Its output then goes nowhere (as a container runtime keeps draining it), and
+//! its exit is written to the node log. It dies early only with its container (the container's
+//! process exits or the Pod stops), as it would in the container's PID namespace.
+//!
+//! With `tty=1` no terminal is allocated: stdout and stderr both reach the client's one output
+//! stream, and resize messages are accepted and ignored.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::ChildStdin;
 use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self as ws, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::NodeContext;
 use super::containers::ContainerRuntime;
-use super::kubelet_api::{Body, Query, find_container, text};
+use super::kubelet_api::{Body, Query, text};
 use super::process::{Stdios, exit_code};
+use super::streams::{self, Connection, FRAME_SIZE, Input, Output, SessionEnd, Wanted};
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Bytes read from the command's stdout or stderr per frame.
-const FRAME_SIZE: usize = 256 * 1024;
-/// Frames waiting to be sent; with FRAME_SIZE this bounds the memory of one session.
-const FRAMES_IN_FLIGHT: usize = 8;
 /// A larger pipe than Linux's default 64 KiB lets one read fill a whole frame.
 const PIPE_SIZE: i32 = 1024 * 1024;
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const STATUS: u8 = 3;
-const CLOSE: u8 = 255;
-
-/// The channel.k8s.io protocol versions we speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocol {
-    /// `channel.k8s.io`: the status channel carries an error text, nothing on success.
-    V1,
-    /// `v4.channel.k8s.io`: the status channel carries a JSON Status with the exit code.
-    V4,
-    /// `v5.channel.k8s.io`: v4 plus close frames (stdin EOF without closing the socket).
-    V5,
-}
-
-impl Protocol {
-    /// The most capable protocol the client offers. Offering none means v1, as Kubernetes does.
-    fn negotiate(headers: &HeaderMap) -> Option<(Protocol, Option<&'static str>)> {
-        let offered: Vec<String> = headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(|protocol| protocol.trim().to_owned())
-            .collect();
-        if offered.is_empty() {
-            return Some((Protocol::V1, None));
-        }
-        [
-            (Protocol::V5, "v5.channel.k8s.io"),
-            (Protocol::V4, "v4.channel.k8s.io"),
-            (Protocol::V1, "channel.k8s.io"),
-        ]
-        .into_iter()
-        .find(|(_, name)| offered.iter().any(|offer| offer == name))
-        .map(|(protocol, name)| (protocol, Some(name)))
-    }
-}
-
-/// Answers an exec request: checks it, switches to WebSocket and runs the session in the
-/// background.
+/// Answers an exec request: checks it, answers the upgrade and runs the session in the background.
 pub(super) fn handle(
     ctx: Arc<NodeContext>,
     mut request: Request<Incoming>,
@@ -96,85 +43,48 @@ pub(super) fn handle(
     if command.is_empty() {
         return text(StatusCode::BAD_REQUEST, "exec needs at least one command parameter");
     }
-    let headers = request.headers();
-    let is_websocket = headers
-        .get(header::UPGRADE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.eq_ignore_ascii_case("websocket"));
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_websocket) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "the node simulator serves exec over WebSocket (channel.k8s.io) only, not SPDY",
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let Some((protocol, protocol_name)) = Protocol::negotiate(headers) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "no supported WebSocket protocol: offer v5.channel.k8s.io or v4.channel.k8s.io",
-        );
-    };
-    let (pod_runtime, runtime) = match find_container(&ctx, namespace, pod, container) {
-        Ok(found) => found,
+    let accepted = match streams::accept(&ctx, &mut request, (namespace, pod, container), query, "exec in") {
+        Ok(accepted) => accepted,
         Err(response) => return *response,
     };
-    if !*runtime.running.borrow() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            &format!("container {container} of pod {namespace}/{pod} is not running"),
-        );
-    }
+    let connect = accepted.connect;
     let session = Session {
         ctx: ctx.clone(),
-        runtime,
-        pod_stop: pod_runtime.stop.clone(),
-        protocol,
+        runtime: accepted.container,
+        pod_stop: accepted.pod.stop.clone(),
         command,
-        stdin: query.flag("input"),
-        stdout: query.flag("output"),
-        stderr: query.flag("error"),
-        label: format!("{namespace}/{pod}/{container}"),
+        wanted: accepted.wanted,
+        label: accepted.label,
     };
-    let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let config = WebSocketConfig::default();
-                let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                session.run(socket).await;
-            }
-            Err(error) => ctx.log.line(format_args!("exec upgrade failed: {error}")),
+        match connect.await {
+            Ok(connection) => session.run(connection).await,
+            Err(error) => ctx.log.line(format_args!(
+                "exec {:?} in {}: no session: {error:#}",
+                session.command, session.label
+            )),
         }
     });
-    let mut response = Response::new(Empty::new().map_err(|never| match never {}).boxed());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let response_headers = response.headers_mut();
-    response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    if let Some(name) = protocol_name {
-        response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(name));
-    }
-    response
+    accepted.response
 }
 
 struct Session {
     ctx: Arc<NodeContext>,
     runtime: Arc<ContainerRuntime>,
     pod_stop: CancellationToken,
-    protocol: Protocol,
     command: Vec<String>,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
+    wanted: Wanted,
     label: String,
 }
 
 impl Session {
-    async fn run(self, socket: Socket) {
-        let (mut sink, stream) = socket.split();
+    async fn run(self, connection: Connection) {
+        let Connection {
+            protocol,
+            input,
+            output,
+            closed,
+        } = connection;
         let piped = |wanted: bool| {
             if wanted {
                 std::process::Stdio::piped()
@@ -183,9 +93,10 @@ impl Session {
             }
         };
         let stdios = Stdios {
-            stdin: piped(self.stdin),
-            stdout: piped(self.stdout),
-            stderr: piped(self.stderr),
+            stdin: piped(self.wanted.stdin),
+            stdout: piped(self.wanted.stdout),
+            // A terminal shows stderr too: it goes to the client's one output stream.
+            stderr: piped(self.wanted.stderr || (self.wanted.tty && self.wanted.stdout)),
         };
         let mut process = match self.runtime.context.spawn(&self.ctx, &self.command, stdios) {
             Ok(process) => process,
@@ -194,176 +105,142 @@ impl Session {
                     "exec {:?} in {} failed to start: {error:#}",
                     self.command, self.label
                 ));
-                let status = self.status_frame(Err(format!("{error:#}")));
-                let _ = finish(&mut sink, status).await;
+                let end = SessionEnd::Failed(format!("{error:#}"));
+                let _ = output.send(Output::Status(protocol.status(&end))).await;
+                drop(output);
+                let _ = closed.await;
                 return;
             }
         };
         self.ctx.log.line(format_args!(
-            "exec {:?} in {} (pid {})",
-            self.command, self.label, process.pgid
+            "exec {:?} in {} (pid {}, {})",
+            self.command,
+            self.label,
+            process.pgid,
+            protocol.name()
         ));
 
-        let (frames_tx, mut frames) = mpsc::channel::<Message>(FRAMES_IN_FLIGHT);
+        let mut pumps = Vec::new();
         if let Some(stdout) = process.child.stdout.take() {
             enlarge_pipe(&stdout);
-            tokio::spawn(pump(stdout, STDOUT, frames_tx.clone()));
+            pumps.push(tokio::spawn(pump(
+                stdout,
+                output.clone(),
+                Output::Stdout,
+                Output::StdoutEnd,
+            )));
         }
         if let Some(stderr) = process.child.stderr.take() {
             enlarge_pipe(&stderr);
-            tokio::spawn(pump(stderr, STDERR, frames_tx.clone()));
+            let pump_stderr = if self.wanted.tty {
+                pump(stderr, output.clone(), Output::Stdout, Output::StdoutEnd)
+            } else {
+                pump(stderr, output.clone(), Output::Stderr, Output::StderrEnd)
+            };
+            pumps.push(tokio::spawn(pump_stderr));
         }
-        drop(frames_tx);
         let client_gone = CancellationToken::new();
-        let reader = tokio::spawn(feed_stdin(
-            stream,
-            process.child.stdin.take(),
-            self.protocol,
-            client_gone.clone(),
-        ));
+        let feeder = tokio::spawn(feed_stdin(input, process.child.stdin.take(), client_gone.clone()));
+        let gone_ctx = self.ctx.clone();
+        let gone_note = format!("exec {:?} in {}", self.command, self.label);
+        let gone_token = client_gone.clone();
+        let gone_log = tokio::spawn(async move {
+            gone_token.cancelled().await;
+            gone_ctx.log.line(format_args!(
+                "{gone_note}: the client went away; stdin closed, the command runs on"
+            ));
+        });
 
-        // Forward output until both streams end; stop early if the client or the Pod goes away.
-        let forwarded: Result<(), &str> = loop {
-            tokio::select! {
-                frame = frames.recv() => match frame {
-                    None => break Ok(()),
-                    Some(frame) => if send_batch(&mut sink, frame, &mut frames).await.is_err() {
-                        break Err("the client went away");
-                    },
-                },
-                () = client_gone.cancelled() => break Err("the client closed the connection"),
-                () = self.pod_stop.cancelled() => break Err("the pod is stopping"),
-            }
+        // The command runs to its own end; only its container's end cuts it short.
+        let mut running = self.runtime.running.subscribe();
+        let container_stopped = async {
+            let _ = running.wait_for(|running| !*running).await;
         };
-        let exit = match forwarded {
-            Ok(()) => tokio::select! {
-                status = process.child.wait() => status.map(|status| exit_code(&status)).map_err(|e| e.to_string()),
-                () = self.pod_stop.cancelled() => Err("the pod is stopping".to_owned()),
-                () = client_gone.cancelled() => Err("the client closed the connection".to_owned()),
+        let end = tokio::select! {
+            status = process.child.wait() => match status {
+                Ok(status) => SessionEnd::Exited(exit_code(&status)),
+                Err(error) => SessionEnd::Failed(format!("waiting for the command: {error}")),
             },
-            Err(reason) => Err(reason.to_owned()),
+            () = self.pod_stop.cancelled() => self.stop(&mut process, "the pod is stopping").await,
+            () = container_stopped => self.stop(&mut process, "its container stopped").await,
         };
-        if exit.is_err() {
-            let _ = process.terminate(&self.ctx, Duration::ZERO).await;
-        }
         process.reap_group(&self.ctx);
+        for pump in pumps {
+            let _ = pump.await;
+        }
+        let client_was_gone = client_gone.is_cancelled();
+        // From here on the input ends because we close the connection, not because the client left.
+        gone_log.abort();
         self.ctx.log.line(format_args!(
-            "exec {:?} in {} ended: {exit:?}",
-            self.command, self.label
+            "exec {:?} in {} ended: {end:?}{}",
+            self.command,
+            self.label,
+            if client_was_gone { " (its client had gone)" } else { "" }
         ));
-        let _ = finish(&mut sink, self.status_frame(exit)).await;
-        // Let the client's close frame arrive before the connection drops.
-        let _ = tokio::time::timeout(Duration::from_secs(5), client_gone.cancelled()).await;
-        reader.abort();
+        let _ = output.send(Output::Status(protocol.status(&end))).await;
+        drop(output);
+        let _ = closed.await;
+        feeder.abort();
     }
 
-    /// The status channel's last word: the command's exit code, or why it did not run.
-    fn status_frame(&self, exit: Result<i32, String>) -> Option<Message> {
-        let status = match (&exit, self.protocol) {
-            (Ok(0), Protocol::V1) => return None,
-            (Ok(code), Protocol::V1) => format!("command terminated with non-zero exit code: exit code {code}"),
-            (Err(message), Protocol::V1) => message.clone(),
-            (Ok(0), _) => json!({ "metadata": {}, "status": "Success" }).to_string(),
-            (Ok(code), _) => json!({
-                "metadata": {},
-                "status": "Failure",
-                "message": format!("command terminated with non-zero exit code: error executing command {:?}, exit code {code}", self.command),
-                "reason": "NonZeroExitCode",
-                "details": { "causes": [{ "reason": "ExitCode", "message": code.to_string() }] },
-            })
-            .to_string(),
-            (Err(message), _) => json!({
-                "metadata": {},
-                "status": "Failure",
-                "message": message,
-                "reason": "InternalError",
-            })
-            .to_string(),
-        };
-        Some(channel_frame(STATUS, status.as_bytes()))
+    async fn stop(&self, process: &mut super::process::Process, why: &str) -> SessionEnd {
+        let _ = process.terminate(&self.ctx, Duration::ZERO).await;
+        SessionEnd::Failed(format!("command in {} killed: {why}", self.label))
     }
 }
 
-fn channel_frame(channel: u8, data: &[u8]) -> Message {
-    let mut frame = Vec::with_capacity(data.len() + 1);
-    frame.push(channel);
-    frame.extend_from_slice(data);
-    Message::Binary(Bytes::from(frame))
-}
-
-/// Sends `first` and whatever else is already waiting, then flushes once.
-async fn send_batch(
-    sink: &mut SplitSink<Socket, Message>,
-    first: Message,
-    frames: &mut mpsc::Receiver<Message>,
-) -> Result<(), ws::Error> {
-    sink.feed(first).await?;
-    while let Ok(frame) = frames.try_recv() {
-        sink.feed(frame).await?;
-    }
-    sink.flush().await
-}
-
-/// Sends the status, then a normal close (code 1000): kubectl (1.29+, WebSocket) reports a close
-/// without a code as an abnormal end and exits 1 even when the command succeeded.
-async fn finish(sink: &mut SplitSink<Socket, Message>, status: Option<Message>) -> Result<(), ws::Error> {
-    if let Some(status) = status {
-        sink.send(status).await?;
-    }
-    let normal = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    sink.send(Message::Close(Some(normal))).await?;
-    sink.close().await
-}
-
-/// Copies one output stream into frames of its channel.
-async fn pump(mut output: impl AsyncRead + Unpin, channel: u8, frames: mpsc::Sender<Message>) {
-    let mut buffer = vec![0_u8; FRAME_SIZE + 1];
-    buffer[0] = channel;
+/// Copies one output stream into frames. Once the client is gone the output is read and dropped,
+/// so the command never blocks on a full pipe.
+pub(super) async fn pump(
+    mut source: impl AsyncRead + Unpin,
+    output: mpsc::Sender<Output>,
+    data: fn(Bytes) -> Output,
+    end: Output,
+) {
+    let mut buffer = vec![0_u8; FRAME_SIZE];
+    let mut client_gone = false;
     loop {
-        let read = match output.read(&mut buffer[1..]).await {
-            Ok(0) | Err(_) => return,
+        let read = match source.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
             Ok(read) => read,
         };
-        let frame = Message::Binary(Bytes::copy_from_slice(&buffer[..=read]));
-        if frames.send(frame).await.is_err() {
-            return;
+        if !client_gone
+            && output
+                .send(data(Bytes::copy_from_slice(&buffer[..read])))
+                .await
+                .is_err()
+        {
+            client_gone = true;
         }
+    }
+    if !client_gone {
+        let _ = output.send(end).await;
     }
 }
 
-/// Feeds channel 0 to the command's stdin until the client closes it (v5 close frame) or the
-/// connection; then signals `client_gone` if the connection ended.
-async fn feed_stdin(
-    mut stream: SplitStream<Socket>,
+/// Feeds stdin to the command until the client ends it or goes away; then closes the command's
+/// stdin (EOF) and, if the client went away, says so through `client_gone`.
+pub(super) async fn feed_stdin(
+    mut input: mpsc::Receiver<Input>,
     mut stdin: Option<ChildStdin>,
-    protocol: Protocol,
     client_gone: CancellationToken,
 ) {
-    while let Some(message) = stream.next().await {
-        let Ok(message) = message else { break };
-        let data = match message {
-            Message::Binary(data) => data,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        match data.first() {
-            Some(&STDIN) if data.len() > 1 => {
+    while let Some(event) = input.recv().await {
+        match event {
+            Input::Stdin(data) => {
                 if let Some(writer) = stdin.as_mut()
-                    && writer.write_all(&data[1..]).await.is_err()
+                    && writer.write_all(&data).await.is_err()
                 {
                     // The command closed its stdin; drop what it does not read.
                     stdin = None;
                 }
             }
-            Some(&CLOSE) if protocol == Protocol::V5 && data.get(1) == Some(&STDIN) => {
+            Input::StdinEnd => {
                 if let Some(mut writer) = stdin.take() {
                     let _ = writer.shutdown().await;
                 }
             }
-            _ => {}
+            Input::Resize => {}
         }
     }
     drop(stdin);

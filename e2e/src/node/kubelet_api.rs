@@ -1,8 +1,11 @@
-//! The kubelet's HTTPS API, as far as the API server uses it for `pods/exec` and `pods/log`.
+//! The kubelet's HTTPS API, as far as the API server uses it for `pods/exec`, `pods/attach` and
+//! `pods/log`.
 //!
 //! The API server forwards `pods/exec` of a Pod bound to this node to
 //! `https://127.0.0.1:<port>/exec/<namespace>/<pod>/<container>?command=…` with the client's
-//! WebSocket upgrade headers, and `pods/log` to `/containerLogs/<namespace>/<pod>/<container>`.
+//! upgrade headers (SPDY/3.1 or WebSocket; a current API server always asks for SPDY), `pods/attach`
+//! to `/attach/<namespace>/<pod>/<container>`, and `pods/log` to
+//! `/containerLogs/<namespace>/<pod>/<container>`.
 //! It does not verify the node's serving certificate, so a fresh self-signed one will do.
 
 use std::convert::Infallible;
@@ -22,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::{NodeContext, container_logs, exec};
+use super::{NodeContext, attach, container_logs, exec};
 
 /// Every response body this server sends.
 pub(super) type Body = BoxBody<Bytes, std::io::Error>;
@@ -159,6 +162,9 @@ async fn route(ctx: Arc<NodeContext>, request: Request<Incoming>) -> Response<Bo
     match segments.as_slice() {
         ["exec", namespace, pod, container] | ["exec", namespace, pod, _, container] => {
             exec::handle(ctx.clone(), request, namespace, pod, container, &query)
+        }
+        ["attach", namespace, pod, container] | ["attach", namespace, pod, _, container] => {
+            attach::handle(ctx.clone(), request, namespace, pod, container, &query)
         }
         ["containerLogs", namespace, pod, container] => {
             container_logs::handle(&ctx, namespace, pod, container, &query).await

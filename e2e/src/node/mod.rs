@@ -4,8 +4,8 @@
 //! all three for the test bed. It registers a Node at 127.0.0.1 and keeps it Ready, binds
 //! unscheduled Pods to itself, runs every container's command as a host process in a private
 //! mount namespace (volumes bind-mounted at their mount paths; the image is ignored), reports Pod
-//! status, and completes Pod deletion. Its HTTPS kubelet API lets `pods/exec` and `pods/log`
-//! work through the real kube-apiserver.
+//! status, and completes Pod deletion. Its HTTPS kubelet API lets `pods/exec`, `pods/attach` and
+//! `pods/log` work through the real kube-apiserver.
 //!
 //! Everything it does is written to its own log file ([`NodeSimulator::log_path`]) so that a
 //! failing test can show what the "node" saw.
@@ -21,16 +21,26 @@
 //! when the deletion's grace period ends (at least 2 s), then reports the terminal phase and
 //! removes the Pod. A container with `stdin: true` gets a stdin pipe for `attach`.
 //!
+//! Exec and attach are served as a kubelet serves them ([`streams`]): over SPDY/3.1 (the
+//! channel.k8s.io protocols v1 to v4, as kubectl before 1.30 and a current API server's stream
+//! translator speak them) and over WebSocket (v1, v4 and v5, as kube-rs and a current kubectl
+//! reach a v1.20 API server's node). When an exec client half-closes stdin or goes away, the
+//! command's stdin is closed and the command runs on to its own end (its exit goes to the node
+//! log); it dies early only with its container.
+//!
 //! What it does not simulate: images (a container without `command` idles as `sleep infinity`;
 //! `args` without `command` are ignored), HTTPS and gRPC probes, postStart hooks, sidecar
 //! (restartable init) containers, readiness gates, resource limits, network namespaces (every
-//! Pod shares the host's network, so two Pods listening on one port collide), `fsGroup`, `portForward` and
-//! terminal (tty) sessions. Every Pod's IP is 127.0.0.1, which the API server refuses in
+//! Pod shares the host's network, so two Pods listening on one port collide), `fsGroup`, `portForward`,
+//! terminals (with `tty=1`, exec and attach send stderr on the one output stream and ignore
+//! resize messages, but allocate no terminal), and SPDY/3.1 flow control (which Kubernetes' own
+//! SPDY library never enforces). Every Pod's IP is 127.0.0.1, which the API server refuses in
 //! Endpoints: a Service lists no Pods of this node (readiness shows in Pod conditions and in
 //! workloads' ready replicas). A termination message path outside any volume gets an empty mount
 //! point file on the host (e.g. `/dev/termination-log`), since bind mounts need one. As in
 //! Kubernetes, `$(VAR)` in command and args is expanded and `$$` becomes `$`.
 
+mod attach;
 mod container_logs;
 mod containers;
 mod cri_log;
@@ -42,7 +52,10 @@ mod pod_status;
 mod pods;
 mod probes;
 mod process;
+mod spdy;
+mod streams;
 mod volumes;
+mod websocket;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
