@@ -112,7 +112,7 @@ pub async fn apply_crds(client: &kube::Client, crds: &[CustomResourceDefinition]
 /// Whether the API server knows CRD validation rules (`x-kubernetes-validations`, 1.25 on).
 /// An older one (the bed's 1.20) refuses a server-side apply that has them ("field not
 /// declared in schema"), where a client-side apply would see them silently dropped.
-async fn knows_validation_rules(client: &kube::Client) -> anyhow::Result<bool> {
+pub async fn knows_validation_rules(client: &kube::Client) -> anyhow::Result<bool> {
     let version = client
         .apiserver_version()
         .await

@@ -205,6 +205,29 @@ fn a_backup_storage_has_the_section_of_its_type() {
     );
 }
 
+/// The examples are what users apply first: a current server must take every one of them.
+#[test]
+fn every_example_passes_the_rules() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for scenario in std::fs::read_dir(&examples).unwrap() {
+        for file in std::fs::read_dir(scenario.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let object: Value = serde::Deserialize::deserialize(document).unwrap();
+                let kind = object["kind"].as_str().unwrap_or_default().to_string();
+                if object["apiVersion"] != "stowage.io/v1alpha1" {
+                    continue;
+                }
+                checked += 1;
+                assert_eq!(refusals(&kind, object), Vec::<String>::new(), "{}", path.display());
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} Stowage objects in {}", examples.display());
+}
+
 /// Every rule names only fields its schema has, so a renamed field cannot leave a rule that
 /// silently tests nothing.
 #[test]
