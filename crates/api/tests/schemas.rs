@@ -225,7 +225,11 @@ fn every_example_passes_the_rules() {
             }
         }
     }
-    assert!(checked >= 10, "only {checked} Stowage objects in {}", examples.display());
+    assert!(
+        checked >= 10,
+        "only {checked} Stowage objects in {}",
+        examples.display()
+    );
 }
 
 /// Every rule names only fields its schema has, so a renamed field cannot leave a rule that
