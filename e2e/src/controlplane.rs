@@ -101,12 +101,25 @@ impl ControlPlane {
         self.apiserver_url = format!("https://127.0.0.1:{port}");
         write_kubeconfig(&self.kubeconfig_path, &self.apiserver_url, &ca.files.cert_path, &token)?;
 
+        let minor = minor_version(&binaries.kube_apiserver)?;
         let mut command = Command::new(&binaries.kube_apiserver);
         command
             .arg(format!("--etcd-servers={}", self.etcd_endpoint))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-            .arg(format!("--secure-port={port}"))
-            .arg("--insecure-port=0")
+            .arg(format!("--secure-port={port}"));
+        if minor < 24 {
+            // Removed in 1.24, where no insecure port exists any more.
+            command.arg("--insecure-port=0");
+        }
+        if minor < 21 {
+            // Pods get a projected `kube-api-access-*` volume (a TokenRequest token, the
+            // `kube-root-ca.crt` ConfigMap the controller manager publishes, the namespace)
+            // instead of the account's token Secret, as on every server since 1.21; the
+            // ServiceAccount admission then no longer waits for a token Secret, which servers
+            // since 1.24 never create. Needs the issuer and signing key set below.
+            command.arg("--feature-gates=BoundServiceAccountTokenVolume=true");
+        }
+        command
             .arg(format!("--tls-cert-file={}", serving.cert_path.display()))
             .arg(format!("--tls-private-key-file={}", serving.key_path.display()))
             .arg(format!("--cert-dir={}", dir.join("apiserver-certs").display()))
@@ -125,11 +138,17 @@ impl ControlPlane {
 
     fn start_controller_manager(&mut self, binaries: &Binaries) -> anyhow::Result<()> {
         let dir = &self.dir;
+        let minor = minor_version(&binaries.kube_controller_manager)?;
         let mut command = Command::new(&binaries.kube_controller_manager);
         command
             .arg(format!("--kubeconfig={}", self.kubeconfig_path.display()))
             .arg("--controllers=*")
-            .args(["--leader-elect=false", "--port=0", "--secure-port=0"])
+            .args(["--leader-elect=false", "--secure-port=0"]);
+        if minor < 24 {
+            // Removed in 1.24 with the insecure port it turned off.
+            command.arg("--port=0");
+        }
+        command
             .arg("--use-service-account-credentials=false")
             .arg(format!(
                 "--service-account-private-key-file={}",
@@ -271,6 +290,23 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) -> anyhow
     std::fs::write(path, serde_saphyr::to_string(&kubeconfig)?).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The minor version of a Kubernetes binary, from its `--version` ("Kubernetes v1.20.2"):
+/// flags come and go between versions, and the bed must start on old and current ones alike.
+fn minor_version(binary: &Path) -> anyhow::Result<u32> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_minor_version(&text)
+        .with_context(|| format!("{} --version said {text:?}, not `Kubernetes v1.N.P`", binary.display()))
+}
+
+fn parse_minor_version(text: &str) -> Option<u32> {
+    let version = text.split_whitespace().find_map(|word| word.strip_prefix("v1."))?;
+    version.split(['.', '-', '+']).next()?.parse().ok()
+}
+
 /// 32 random bytes as hex, from the kernel.
 fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
@@ -278,4 +314,16 @@ fn random_token() -> anyhow::Result<String> {
         .and_then(|mut urandom| std::io::Read::read_exact(&mut urandom, &mut bytes))
         .context("reading /dev/urandom")?;
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_minor_version;
+
+    #[test]
+    fn the_minor_version_comes_from_the_version_line() {
+        assert_eq!(parse_minor_version("Kubernetes v1.20.2\n"), Some(20));
+        assert_eq!(parse_minor_version("Kubernetes v1.35.0-alpha.1+abc"), Some(35));
+        assert_eq!(parse_minor_version("something else"), None);
+    }
 }

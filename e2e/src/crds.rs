@@ -85,13 +85,19 @@ pub async fn apply_files(client: &kube::Client, files: &[PathBuf]) -> anyhow::Re
 pub async fn apply_crds(client: &kube::Client, crds: &[CustomResourceDefinition]) -> anyhow::Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let knows_rules = knows_validation_rules(client).await?;
     for crd in crds {
         let name = crd
             .metadata
             .name
             .as_deref()
             .context("a CustomResourceDefinition without a name")?;
-        api.patch(name, &params, &Patch::Apply(crd))
+        let crd = if knows_rules {
+            crd.clone()
+        } else {
+            without_validation_rules(crd)?
+        };
+        api.patch(name, &params, &Patch::Apply(&crd))
             .await
             .with_context(|| format!("applying CRD {name}"))?;
     }
@@ -100,6 +106,40 @@ pub async fn apply_crds(client: &kube::Client, crds: &[CustomResourceDefinition]
         wait_established(client, name).await?;
     }
     Ok(())
+}
+
+/// Whether the API server knows CRD validation rules (`x-kubernetes-validations`, 1.25 on).
+/// An older one (the bed's 1.20) refuses a server-side apply that has them ("field not
+/// declared in schema"), where a client-side apply would see them silently dropped.
+pub async fn knows_validation_rules(client: &kube::Client) -> anyhow::Result<bool> {
+    let version = client
+        .apiserver_version()
+        .await
+        .context("asking the API server its version")?;
+    let minor: u32 = version
+        .minor
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .with_context(|| format!("the API server's minor version {:?}", version.minor))?;
+    Ok(version.major != "1" || minor >= 25)
+}
+
+/// `crd` without its validation rules, as an API server that does not know them stores it.
+/// The controllers check the same rules themselves.
+fn without_validation_rules(crd: &CustomResourceDefinition) -> anyhow::Result<CustomResourceDefinition> {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(crd)?;
+    strip(&mut value["spec"]);
+    Ok(serde_json::from_value(value)?)
 }
 
 async fn wait_established(client: &kube::Client, name: &str) -> anyhow::Result<()> {

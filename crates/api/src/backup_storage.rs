@@ -28,6 +28,7 @@ use stowage_core::StorageSpec;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = section_for_type)]
 pub struct BackupStorageSpec {
     /// The storage location.
     #[serde(flatten)]
@@ -41,6 +42,17 @@ pub struct BackupStorageSpec {
     /// Each namespace's artifacts live under its own prefix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_namespaces: Vec<String>,
+}
+
+/// Each storage type reads its settings from its own section.
+fn section_for_type(schema: &mut schemars::Schema) {
+    let sections = [
+        ("S3", "s3"),
+        ("GCS", "gcs"),
+        ("Azure", "azure"),
+        ("Filesystem", "filesystem"),
+    ];
+    crate::schema::section_for_each_value(schema, "type", &sections);
 }
 
 /// A Secret in a given namespace.

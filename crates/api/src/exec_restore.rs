@@ -26,6 +26,7 @@ use crate::shared::{SecretKeyRef, StorageRef};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = one_source)]
 pub struct ExecRestoreSpec {
     /// The ExecBackup (in this namespace) to restore. Its restore command, template and
     /// decryption key are used unless given here.
@@ -44,6 +45,13 @@ pub struct ExecRestoreSpec {
     /// The private key that decrypts the backup, if it is encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption_key: Option<SecretKeyRef>,
+}
+
+/// The backup comes from an ExecBackup or from storage, never both; from storage, nothing
+/// else says where in it, nor which command and Pod restore it.
+fn one_source(schema: &mut schemars::Schema) {
+    crate::schema::exactly_one_of(schema, &["backupRef", "storage"]);
+    crate::schema::required_with(schema, "storage", &["storage.path", "restore", "template"]);
 }
 
 /// An ExecBackup in the same namespace.

@@ -15,6 +15,7 @@ pub mod exec_restore;
 pub mod resource_backup;
 pub mod resource_restore;
 pub mod resource_set;
+mod schema;
 pub mod shared;
 pub mod snapshot_storage;
 pub mod volume_backup;
@@ -50,10 +51,11 @@ pub const GROUP: &str = "stowage.io";
 /// The API version of every Stowage kind.
 pub const VERSION: &str = "v1alpha1";
 
-/// The CustomResourceDefinitions of every kind, for `cargo xtask crds` and the test bed.
+/// The CustomResourceDefinitions of every kind, for `cargo xtask crds` and the test bed, with
+/// only the integer formats an API server recognises.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![
+    let mut crds = vec![
         BackupSchedule::crd(),
         BackupStorage::crd(),
         EtcdBackup::crd(),
@@ -64,5 +66,7 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         ResourceRestore::crd(),
         VolumeBackup::crd(),
         VolumeRestore::crd(),
-    ]
+    ];
+    crds.iter_mut().for_each(schema::recognised_integer_formats);
+    crds
 }

@@ -33,6 +33,7 @@ pub const MAX_LISTED: usize = 100;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = one_source)]
 pub struct ResourceRestoreSpec {
     /// Name of the ResourceBackup to restore. Give either this or `storage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +74,11 @@ pub struct ResourceRestoreSpec {
     /// the archive. Default: the backup's `encryption.decryptionKey`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption_key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The archive comes from a ResourceBackup or from storage, never both.
+fn one_source(schema: &mut schemars::Schema) {
+    crate::schema::exactly_one_of(schema, &["backupName", "storage"]);
 }
 
 /// An archive in a BackupStorage.

@@ -45,6 +45,7 @@ pub const DEFAULT_MAX_FREEZE_SECONDS: u64 = 60;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = one_target)]
 pub struct VolumeBackupSpec {
     /// The application whose volumes to snapshot: every PVC its Pods mount. Give exactly one
     /// of `applicationRef`, `pvcNames` and `pvcSelector`.
@@ -90,6 +91,11 @@ impl VolumeBackupSpec {
     pub fn max_freeze(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.max_freeze_seconds.unwrap_or(DEFAULT_MAX_FREEZE_SECONDS))
     }
+}
+
+/// The volumes are named one way only.
+fn one_target(schema: &mut schemars::Schema) {
+    crate::schema::exactly_one_of(schema, &["applicationRef", "pvcNames", "pvcSelector"]);
 }
 
 /// A workload in the same namespace.

@@ -17,8 +17,6 @@ mod recorder;
 /// apiserver with a clock the test controls.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
-/// Where Events about cluster-scoped objects live.
-const CLUSTER_EVENTS_NAMESPACE: &str = "default";
 /// Kubernetes limits an Event's note to 1 kB.
 const MAX_EVENT_NOTE: usize = 1000;
 
@@ -116,56 +114,10 @@ impl Context {
         let kind = K::kind(&());
         self.metrics.events.with_label_values(&[&kind, type_, reason]).inc();
         let note = truncate(note, MAX_EVENT_NOTE);
-        let published = if object.meta().namespace.is_none() {
-            self.publish_core(object, type_, reason, note).await
-        } else {
-            self.recorder.publish(object.object_ref(&()), type_, reason, note).await
-        };
+        let published = self.recorder.publish(object.object_ref(&()), type_, reason, note).await;
         if let Err(error) = published {
             tracing::warn!(%error, kind = %kind, name = object.meta().name.as_deref().unwrap_or(""), reason, "publishing an Event failed");
         }
-    }
-
-    /// Events about cluster-scoped objects go through core/v1 into `default`: before Kubernetes
-    /// 1.22 the events.k8s.io/v1 API refuses them ("involvedObject.namespace does not match
-    /// event.namespace"), and `default` is where `kubectl describe` looks for them.
-    async fn publish_core<K: Resource<DynamicType = ()>>(
-        &self,
-        object: &K,
-        type_: &str,
-        reason: &str,
-        message: String,
-    ) -> Result<(), kube::Error> {
-        use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-        let now = crate::conditions::to_time(self.now());
-        let name = object.meta().name.clone().unwrap_or_default();
-        let event = CoreEvent {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.")),
-                namespace: Some(CLUSTER_EVENTS_NAMESPACE.to_string()),
-                ..ObjectMeta::default()
-            },
-            involved_object: object.object_ref(&()),
-            type_: Some(type_.to_string()),
-            reason: Some(reason.to_string()),
-            message: Some(message),
-            count: Some(1),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            source: Some(EventSource {
-                component: Some(self.controller.clone()),
-                host: None,
-            }),
-            reporting_component: Some(self.controller.clone()),
-            reporting_instance: Some(self.controller.clone()),
-            ..CoreEvent::default()
-        };
-        let events: kube::Api<CoreEvent> = kube::Api::namespaced(self.client.clone(), CLUSTER_EVENTS_NAMESPACE);
-        events
-            .create(&kube::api::PostParams::default(), &event)
-            .await
-            .map(|_| ())
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -196,26 +196,54 @@ async fn events_carry_stable_reasons_and_are_counted() {
     .unwrap();
 }
 
-/// What `kubectl describe` shows of an object's Events: reason, count (a series' count
-/// when it has one) and message.
+/// What `kubectl get events` and `kubectl describe` show of an object's Events (core/v1):
+/// reason, count and message, sorted by reason.
 async fn described(events: &Api<Event>, name: &str) -> anyhow::Result<Vec<(String, i32, String)>> {
     let list = events.list(&ListParams::default()).await?;
-    Ok(list
+    let mut seen: Vec<_> = list
         .items
         .into_iter()
         .filter(|event| event.involved_object.name.as_deref() == Some(name))
         .map(|event| {
             (
                 event.reason.unwrap_or_default(),
-                event
-                    .series
-                    .and_then(|series| series.count)
-                    .or(event.count)
-                    .unwrap_or(1),
+                event.count.unwrap_or(1),
                 event.message.unwrap_or_default(),
             )
         })
-        .collect())
+        .collect();
+    seen.sort();
+    Ok(seen)
+}
+
+/// The same Events read through events.k8s.io/v1 (as `kubectl events` and kube's clients
+/// read them): reason, count (a series' count, else the core count) and note.
+async fn described_v1(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Vec<(String, i32, String)>> {
+    use k8s_openapi::api::events::v1::Event as EventV1;
+    let events: Api<EventV1> = Api::namespaced(client.clone(), namespace);
+    let list = events.list(&ListParams::default()).await?;
+    let mut seen: Vec<_> = list
+        .items
+        .into_iter()
+        .filter(|event| event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|event| {
+            (
+                event.reason.unwrap_or_default(),
+                event
+                    .series
+                    .map(|series| series.count)
+                    .or(event.deprecated_count)
+                    .unwrap_or(1),
+                event.note.unwrap_or_default(),
+            )
+        })
+        .collect();
+    seen.sort();
+    Ok(seen)
 }
 
 /// A schedule says "created run X" at every tick: the user must see the latest run, counted,
@@ -235,14 +263,22 @@ async fn a_repeated_event_shows_its_latest_message_and_count() {
         }
         ctx.warning(&map, "RunFailed", "ExecBackup nightly-2 Failed").await;
         let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
-        let mut seen = described(&events, "nightly").await?;
-        seen.sort();
+        let expected = vec![
+            ("RunCreated".to_string(), 3, "created ExecBackup nightly-3".to_string()),
+            ("RunFailed".to_string(), 1, "ExecBackup nightly-2 Failed".to_string()),
+        ];
+        assert_eq!(described(&events, "nightly").await?, expected);
+        assert_eq!(described_v1(&client, &namespace, "nightly").await?, expected);
+
+        // A cluster-scoped object's Events land in `default` and fold the same way.
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let own = namespaces.get(&namespace).await?;
+        for probe in ["first", "second"] {
+            ctx.normal(&own, "Probed", format!("{probe} probe")).await;
+        }
         assert_eq!(
-            seen,
-            vec![
-                ("RunCreated".to_string(), 3, "created ExecBackup nightly-3".to_string()),
-                ("RunFailed".to_string(), 1, "ExecBackup nightly-2 Failed".to_string()),
-            ]
+            described(&Api::namespaced(client.clone(), "default"), &namespace).await?,
+            vec![("Probed".to_string(), 2, "second probe".to_string())]
         );
 
         // The API server drops Events after an hour: a repeat after that starts a new one.

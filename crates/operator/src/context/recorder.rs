@@ -1,25 +1,34 @@
-//! Events about namespaced objects (events.k8s.io/v1), a repeated one folded into a series
-//! that shows its latest note.
+//! Events (core/v1), a repeated one folded into a single Event that shows its latest message
+//! and a count.
 //!
-//! kube's `Recorder` folds an Event that repeats (same object, type and reason) into a
-//! series, but keeps the note of the first one: a schedule's `RunCreated` went on naming its
-//! first run at every tick, and a failure whose cause changed went on showing the old cause.
-//! Here a repeat bumps the series and replaces the note, as client-go's core/v1 aggregation
-//! does ("combined from similar events"): `kubectl describe` shows the latest message with
-//! its count, and an object that repeats itself every minute still has one Event per reason
-//! rather than one per repeat.
+//! kube's `Recorder` (events.k8s.io/v1) folds an Event that repeats (same object, type and
+//! reason) into a series, but keeps the note of the first one: a schedule's `RunCreated` went
+//! on naming its first run at every tick, and a failure whose cause changed went on showing the
+//! old cause. It cannot do otherwise: through events.k8s.io/v1 an API server since 1.22 lets an
+//! update change only `series` (the note, count and timestamps are immutable there; see
+//! `ValidateEventUpdate`). Through core/v1 the same update keeps the legacy rules, under which
+//! `message`, `count` and `lastTimestamp` may change, as client-go's core/v1 aggregation does
+//! ("combined from similar events"). So Events go through core/v1, on 1.20 and on current
+//! servers alike: `kubectl get events` and `kubectl describe` show the latest message with its
+//! count (events.k8s.io/v1 readers see the same Event with `deprecatedCount`), and an object
+//! that repeats itself every minute still has one Event per reason rather than one per repeat.
+//!
+//! Events about cluster-scoped objects go into `default`, where `kubectl describe` looks for
+//! them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::conditions::to_time;
+
+/// Where Events about cluster-scoped objects live.
+const CLUSTER_EVENTS_NAMESPACE: &str = "default";
 /// A series not repeated for this long ends; the next repeat starts a new Event (kube's
 /// and client-go's window).
 const SERIES_WINDOW: Duration = Duration::minutes(6);
@@ -63,8 +72,9 @@ impl Recorder {
         }
     }
 
-    /// Publishes an Event about `regarding` (a namespaced object), or repeats the one with
-    /// the same type and reason if it was published within the series window.
+    /// Publishes an Event about `regarding`, or repeats the one with the same type and reason
+    /// if it was published within the series window: its message becomes `note`, its count
+    /// grows and its `lastTimestamp` moves on.
     pub(super) async fn publish(
         &self,
         regarding: ObjectReference,
@@ -72,8 +82,12 @@ impl Recorder {
         reason: &str,
         note: String,
     ) -> Result<(), kube::Error> {
+        // Real time, not the context's clock: the API server expires Events in real time.
         let now = Utc::now();
-        let namespace = regarding.namespace.clone().unwrap_or_default();
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| CLUSTER_EVENTS_NAMESPACE.to_string());
         let key = Key {
             namespace: namespace.clone(),
             kind: regarding.kind.clone().unwrap_or_default(),
@@ -85,10 +99,7 @@ impl Recorder {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         if let Some(known) = self.recent(&key, now) {
             let count = known.count + 1;
-            let patch = json!({
-                "note": note,
-                "series": {"count": count, "lastObservedTime": micro_time(now)},
-            });
+            let patch = json!({"message": note, "count": count, "lastTimestamp": to_time(now)});
             match events
                 .patch(&known.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -109,6 +120,7 @@ impl Recorder {
                 Err(error) => return Err(error),
             }
         }
+        let time: Time = to_time(now);
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(format!(
@@ -119,13 +131,19 @@ impl Recorder {
                 namespace: Some(namespace),
                 ..ObjectMeta::default()
             },
-            event_time: Some(micro_time(now)),
+            involved_object: regarding,
             type_: Some(type_.to_string()),
             reason: Some(reason.to_string()),
             action: Some(reason.to_string()),
-            note: Some(note),
-            regarding: Some(regarding),
-            reporting_controller: Some(self.controller.clone()),
+            message: Some(note),
+            count: Some(1),
+            first_timestamp: Some(time.clone()),
+            last_timestamp: Some(time),
+            source: Some(EventSource {
+                component: Some(self.controller.clone()),
+                host: None,
+            }),
+            reporting_component: Some(self.controller.clone()),
             reporting_instance: Some(self.instance.clone()),
             ..Event::default()
         };
@@ -162,8 +180,4 @@ impl Recorder {
         }
         series.insert(key, latest);
     }
-}
-
-fn micro_time(at: DateTime<Utc>) -> MicroTime {
-    MicroTime(Timestamp::from_microsecond(at.timestamp_micros()).unwrap_or(Timestamp::UNIX_EPOCH))
 }

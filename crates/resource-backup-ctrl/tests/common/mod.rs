@@ -78,14 +78,18 @@ pub fn resource_set(namespace: &str) -> ResourceSetSpec {
     .unwrap()
 }
 
-/// Fills `namespace`: ConfigMap, Secret, Role, RoleBinding, a Widget with status, and a
-/// Deployment whose ReplicaSet and Pods the controller-manager creates.
+/// Fills `namespace`: ConfigMap, Secret, a ServiceAccount token Secret, Role, RoleBinding, a
+/// Widget with status, and a Deployment whose ReplicaSet and Pods the controller-manager
+/// creates. The token Secret is made by hand, as users do on servers since 1.24 (which make
+/// none by themselves); the token controller fills it on every version.
 pub async fn populate(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
     stowage_e2e::crds::apply_crds(client, &[widget_crd()]).await?;
     let apply = PatchParams::apply("rbk-test");
     let objects = [
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "labels": {"app": "web"}}, "data": {"mode": "fast"}}),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"password": SECRET_VALUE}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+               "metadata": {"name": "default-token", "annotations": {"kubernetes.io/service-account.name": "default"}}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "reader"},
                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "reader"},
