@@ -1,5 +1,5 @@
-//! The whole test bed as one running thing: the control plane, the simulated node, the volume
-//! and CSI snapshot simulator, and the project's CRDs. `stowage-testbed` runs one in the
+//! The whole test bed as one running thing: the control plane, the simulated nodes and their
+//! scheduler, the volume and CSI snapshot simulator, and the project's CRDs. `stowage-testbed` runs one in the
 //! foreground; `bed()` runs one in-process when no shared bed is given. Once ready it writes
 //! `<dir>/testbed.json` ([`TestBedInfo`]), which is how other processes find and use it.
 
@@ -11,8 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::controlplane::{ControlPlane, ControlPlaneOptions};
 
-/// The name of the simulated Node.
+/// The name of the first simulated Node.
 pub const NODE_NAME: &str = "stowage-node";
+/// Every simulated Node and its `topology.kubernetes.io/zone`. One scheduler places Pods on
+/// them; Pods of all of them run as host processes of the bed.
+pub const NODES: [(&str, &str); 3] = [
+    (NODE_NAME, "stowage-zone-a"),
+    ("stowage-node-2", "stowage-zone-b"),
+    ("stowage-node-3", "stowage-zone-c"),
+];
 /// The file a ready bed writes into its directory.
 pub const INFO_FILE: &str = "testbed.json";
 
@@ -57,7 +64,8 @@ impl TestBedInfo {
 pub struct RunningBed {
     info: TestBedInfo,
     // Field order is drop order: simulators before the control plane they talk to.
-    node: Option<crate::node::NodeSimulator>,
+    cluster: Option<crate::node::ClusterSimulator>,
+    nodes: Vec<crate::node::NodeSimulator>,
     csi: Option<crate::csi::CsiSimulator>,
     control_plane: ControlPlane,
 }
@@ -88,10 +96,17 @@ impl RunningBed {
 
         let mut logs = BTreeMap::new();
         let node_dir = control_plane.dir().join("node");
-        let node = crate::node::NodeSimulator::start(client.clone(), NODE_NAME, &node_dir)
-            .await
-            .context("starting the node simulator")?;
-        logs.insert("node-simulator".to_string(), node.log_path().to_path_buf());
+        let mut nodes = Vec::new();
+        for (name, zone) in NODES {
+            let node = crate::node::NodeSimulator::start(client.clone(), name, zone, &node_dir)
+                .await
+                .with_context(|| format!("starting the node simulator {name}"))?;
+            logs.insert(format!("node-simulator {name}"), node.log_path().to_path_buf());
+            nodes.push(node);
+        }
+        let cluster = crate::node::ClusterSimulator::start(client.clone(), &node_dir)
+            .context("starting the scheduler and attach-detach simulator")?;
+        logs.insert("scheduler".to_string(), cluster.log_path().to_path_buf());
         let csi = crate::csi::CsiSimulator::start(client, &control_plane.dir().join("csi"))
             .await
             .context("starting the volume and CSI snapshot simulator")?;
@@ -110,7 +125,8 @@ impl RunningBed {
         info.write()?;
         Ok(Self {
             info,
-            node: Some(node),
+            cluster: Some(cluster),
+            nodes,
             csi: Some(csi),
             control_plane,
         })
@@ -135,7 +151,10 @@ impl RunningBed {
         if let Some(csi) = self.csi.take() {
             csi.stop().await;
         }
-        if let Some(node) = self.node.take() {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop().await;
+        }
+        for node in self.nodes.drain(..) {
             node.stop().await;
         }
         self.control_plane.stop();

@@ -1,6 +1,6 @@
 //! Self-tests of the node simulator, through the real kube-apiserver: exec (stdin, stdout,
 //! stderr, exit codes, 100 MiB of output), Pod phases, env and volumes, logs, deletion, and a
-//! Deployment's Pod scheduled and run without a scheduler or kubelet.
+//! Deployment's Pod scheduled and run without a real scheduler or kubelet.
 
 use std::time::Instant;
 
@@ -245,7 +245,8 @@ async fn finished_pods_report_their_phase_and_exit_code() -> anyhow::Result<()> 
         assert_eq!(terminated(&failed).exit_code, 7);
         assert_eq!(terminated(&failed).reason.as_deref(), Some("Error"));
         let node = succeeded.spec.and_then(|spec| spec.node_name).unwrap_or_default();
-        assert_eq!(node, stowage_e2e::testbed::NODE_NAME, "the pod was bound to the simulated node");
+        let simulated = stowage_e2e::testbed::NODES.iter().any(|(name, _)| *name == node);
+        assert!(simulated, "the pod was bound to a simulated node, not {node:?}");
         Ok(())
     })
     .await
@@ -390,7 +391,8 @@ async fn a_deployments_pod_is_bound_and_running() -> anyhow::Result<()> {
         let pod = list.items.first().expect("the Deployment has a pod");
         let status = pod.status.clone().unwrap_or_default();
         assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert_eq!(pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()), Some(stowage_e2e::testbed::NODE_NAME));
+        let node = pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()).unwrap_or_default();
+        assert!(stowage_e2e::testbed::NODES.iter().any(|(name, _)| *name == node), "bound to a simulated node, not {node:?}");
         let ready = status.conditions.unwrap_or_default().into_iter().any(|c| c.type_ == "Ready" && c.status == "True");
         assert!(ready, "the pod is Ready");
         Ok(())

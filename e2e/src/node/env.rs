@@ -1,10 +1,14 @@
-//! A container's environment, resolved as a kubelet does: `envFrom` first, then `env` in order,
-//! with `$(VAR)` references expanded and values taken from Secrets, ConfigMaps and the Pod.
+//! A container's environment, resolved as a kubelet does: the `kubernetes` Service's variables
+//! (pointing at the API server as the host reaches it), then `envFrom`, then `env` in order, with
+//! `$(VAR)` references expanded and values taken from Secrets, ConfigMaps and the Pod. Other
+//! Services' variables (`enableServiceLinks`) are not set.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EndpointPort, Endpoints, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret,
+};
 use kube::Api;
 
 /// Key → value of a Secret or ConfigMap, or `None` when it does not exist.
@@ -74,6 +78,11 @@ pub(crate) async fn resolve(
     if let Some(name) = &pod.metadata.name {
         set(&mut env, "HOSTNAME".into(), name.clone());
     }
+    // The `kubernetes` Service's variables come first (a kubelet sets them whatever
+    // enableServiceLinks says), so the container's own env can use and override them.
+    for (name, value) in kubernetes_service_env(client).await? {
+        set(&mut env, name, value);
+    }
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
         let (data, what, optional) = if let Some(secret) = &source.secret_ref {
@@ -132,6 +141,58 @@ pub(crate) async fn resolve(
             (None, None) => String::new(),
         };
         set(&mut env, var.name.clone(), value);
+    }
+    Ok(env)
+}
+
+/// `KUBERNETES_SERVICE_HOST`, `KUBERNETES_SERVICE_PORT` and the Docker-link style
+/// `KUBERNETES_PORT*` variables a kubelet derives from the `kubernetes` Service. A kubelet gives
+/// the Service's cluster IP and port; Pods here run on the host, where no cluster IP routes, so
+/// the values are the API server's own address, the endpoint of that Service (`127.0.0.1:<port>`
+/// on the test bed).
+async fn kubernetes_service_env(client: &kube::Client) -> anyhow::Result<Vec<(String, String)>> {
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let endpoints = endpoints
+        .get("kubernetes")
+        .await
+        .context("reading Endpoints default/kubernetes for the KUBERNETES_SERVICE_* variables")?;
+    let subset = endpoints
+        .subsets
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .context("Endpoints default/kubernetes has no subsets: the API server has not published its address")?;
+    let host = subset
+        .addresses
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .map(|address| address.ip)
+        .context("Endpoints default/kubernetes has no address")?;
+    let ports = subset.ports.unwrap_or_default();
+    let first = ports.first().context("Endpoints default/kubernetes has no port")?;
+    let mut env = vec![
+        ("KUBERNETES_SERVICE_HOST".to_owned(), host.clone()),
+        ("KUBERNETES_SERVICE_PORT".to_owned(), first.port.to_string()),
+    ];
+    for port in &ports {
+        if let Some(name) = port.name.as_deref().filter(|name| !name.is_empty()) {
+            let name = name.to_uppercase().replace('-', "_");
+            env.push((format!("KUBERNETES_SERVICE_PORT_{name}"), port.port.to_string()));
+        }
+    }
+    let protocol = |port: &EndpointPort| port.protocol.clone().unwrap_or_else(|| "TCP".into()).to_lowercase();
+    env.push((
+        "KUBERNETES_PORT".to_owned(),
+        format!("{}://{host}:{}", protocol(first), first.port),
+    ));
+    for port in &ports {
+        let proto = protocol(port);
+        let prefix = format!("KUBERNETES_PORT_{}_{}", port.port, proto.to_uppercase());
+        env.push((prefix.clone(), format!("{proto}://{host}:{}", port.port)));
+        env.push((format!("{prefix}_PROTO"), proto));
+        env.push((format!("{prefix}_PORT"), port.port.to_string()));
+        env.push((format!("{prefix}_ADDR"), host.clone()));
     }
     Ok(env)
 }

@@ -27,7 +27,7 @@ pub(super) async fn register(ctx: &NodeContext, kubelet_port: u16) -> anyhow::Re
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": { "name": ctx.name, "labels": labels(&ctx.name) },
+        "metadata": { "name": ctx.name, "labels": labels(&ctx.name, &ctx.zone) },
     }))?;
     ignore_conflict(nodes.create(&PostParams::default(), &node).await)
         .with_context(|| format!("registering Node {}", ctx.name))?;
@@ -101,9 +101,13 @@ async fn renew(ctx: &NodeContext, kubelet_port: u16, started: &Time) -> anyhow::
     Ok(())
 }
 
-pub(super) fn labels(name: &str) -> Value {
+/// The well-known labels a kubelet and a cloud provider put on a Node, which nodeSelectors and
+/// node affinities select on.
+fn labels(name: &str, zone: &str) -> Value {
     json!({
         "kubernetes.io/hostname": name,
+        "topology.kubernetes.io/zone": zone,
+        "topology.kubernetes.io/region": "stowage-testbed",
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
         "beta.kubernetes.io/os": "linux",

@@ -1,32 +1,58 @@
-//! A kubelet stand-in: one simulated Node whose Pods run as host processes.
+//! Kubelet stand-ins: simulated Nodes whose Pods run as host processes, and the cluster-wide
+//! parts that serve them.
 //!
 //! No kubelet, container runtime or scheduler exists on the test machines, so this module plays
-//! all three for the test bed. It registers a Node at 127.0.0.1 and keeps it Ready, binds
-//! unscheduled Pods to itself, runs every container's command as a host process in a private
-//! mount namespace (volumes bind-mounted at their mount paths; the image is ignored), reports Pod
-//! status, and completes Pod deletion. Its HTTPS kubelet API lets `pods/exec` and `pods/log`
-//! work through the real kube-apiserver.
+//! them for the test bed. Each [`NodeSimulator`] registers a Node at 127.0.0.1 (with the
+//! well-known hostname, os, arch and zone labels, capacity and allocatable) and keeps it Ready,
+//! runs the Pods bound to it, every container's command as a host process in a private mount
+//! namespace (volumes bind-mounted at their mount paths; the image is ignored), reports Pod
+//! status, and completes Pod deletion. Its HTTPS kubelet API (a port per node) lets `pods/exec`
+//! and `pods/log` work through the real kube-apiserver.
 //!
-//! Everything it does is written to its own log file ([`NodeSimulator::log_path`]) so that a
-//! failing test can show what the "node" saw.
+//! One [`ClusterSimulator`] serves all nodes: a scheduler (nodeName, nodeSelector, required and
+//! preferred node affinity, taints and tolerations, cordoned nodes, PersistentVolume node
+//! affinity, ReadWriteOncePod claims, spreading by Pod count; an unschedulable Pod gets
+//! kube-scheduler's condition, message and Event; see [`scheduler`]) and an attach-detach
+//! controller (a ReadWriteOnce volume of the CSI simulator is attached to one node at a time: a
+//! Pod on another node waits in ContainerCreating with a Multi-Attach error Event; see
+//! [`attach`]).
+//!
+//! Containers get the `KUBERNETES_SERVICE_HOST/PORT` (and `KUBERNETES_PORT*`) variables pointing
+//! at the API server as the host reaches it, and projected volumes with ServiceAccount tokens
+//! from the TokenRequest API, so a process in a Pod can call the API server as its
+//! ServiceAccount, with RBAC applied.
+//!
+//! Everything a node does is written to its own log file ([`NodeSimulator::log_path`]), and the
+//! scheduler's decisions to [`ClusterSimulator::log_path`], so that a failing test can show what
+//! the "cluster" saw.
 //!
 //! What it does not simulate: images (a container without `command` idles as `sleep infinity`;
-//! `args` without `command` are ignored), probes (a running container is Ready), resource limits,
-//! network namespaces (every Pod shares the host's network, so two Pods listening on one port
-//! collide), `fsGroup`, terminal (tty) exec, `attach`, `portForward`, and exec over SPDY (kubectl
-//! 1.20's `kubectl exec` speaks only SPDY; kube-rs and newer kubectl use WebSocket). As in
-//! Kubernetes, `$(VAR)` in command and args is expanded and `$$` becomes `$`.
+//! `args` without `command` are ignored), probes (a running container is Ready), resource
+//! requests and limits (every node has room), network namespaces (every Pod shares the host's
+//! network, so two Pods listening on one port collide, whatever their nodes), inter-Pod affinity
+//! and topology spread constraints, WaitForFirstConsumer volume binding (the CSI simulator's
+//! class binds immediately), token rotation, other Services' environment variables, `fsGroup`,
+//! terminal (tty) exec, `attach`, `portForward`, and exec over SPDY (kubectl 1.20's
+//! `kubectl exec` speaks only SPDY; kube-rs and newer kubectl use WebSocket). As in Kubernetes,
+//! `$(VAR)` in command and args is expanded and `$$` becomes `$`.
 
+mod attach;
+mod cluster;
 mod container_logs;
 mod containers;
 mod env;
+mod events;
 mod exec;
+mod fit;
 mod heartbeat;
 mod kubelet_api;
 mod pod_status;
 mod pods;
 mod process;
+mod scheduler;
 mod volumes;
+
+pub use self::cluster::ClusterSimulator;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -62,11 +88,12 @@ impl fmt::Debug for NodeSimulator {
 }
 
 impl NodeSimulator {
-    /// Registers Node `name`, starts its kubelet API and begins running the Pods bound to it.
+    /// Registers Node `name` (labelled with `topology.kubernetes.io/zone` = `zone`), starts its
+    /// kubelet API and begins running the Pods bound to it.
     ///
     /// `workdir` receives the node's log (`node-<name>.log`), and per Pod its volumes and
-    /// container logs (`pods/<namespace>_<pod>_<uid>/`).
-    pub async fn start(client: kube::Client, name: &str, workdir: &Path) -> anyhow::Result<Self> {
+    /// container logs (`pods/<namespace>_<pod>_<uid>/`). Several nodes may share one `workdir`.
+    pub async fn start(client: kube::Client, name: &str, zone: &str, workdir: &Path) -> anyhow::Result<Self> {
         let pods_dir = workdir.join("pods");
         std::fs::create_dir_all(&pods_dir)
             .with_context(|| format!("creating the node's pod directory {}", pods_dir.display()))?;
@@ -74,6 +101,7 @@ impl NodeSimulator {
         let ctx = Arc::new(NodeContext {
             client,
             name: name.to_owned(),
+            zone: zone.to_owned(),
             pods_dir,
             log,
             pods: Mutex::new(HashMap::new()),
@@ -104,7 +132,7 @@ impl NodeSimulator {
         self.port
     }
 
-    /// The node's own log: every Pod it bound, started, restarted and deleted, and every error.
+    /// The node's own log: every Pod it started, restarted and deleted, and every error.
     pub fn log_path(&self) -> &Path {
         &self.ctx.log.path
     }
@@ -142,6 +170,7 @@ impl Drop for NodeSimulator {
 pub(crate) struct NodeContext {
     client: kube::Client,
     name: String,
+    zone: String,
     pods_dir: PathBuf,
     log: NodeLog,
     /// The Pods this node runs, by (namespace, name), for the kubelet API.

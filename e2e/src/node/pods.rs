@@ -1,7 +1,7 @@
-//! The Pods of this node: bind the unscheduled ones, run the bound ones, finish their deletion.
+//! The Pods of this node: run the ones bound to it, finish their deletion.
 //!
-//! Two watches feed one loop: Pods with `spec.nodeName` = this node, and Pods with no node yet
-//! (there is no scheduler, so we bind them). Each bound Pod gets a worker task that prepares its
+//! One watch, of the Pods with `spec.nodeName` = this node (binding is the scheduler's job, see
+//! [`super::scheduler`]), feeds one loop. Each bound Pod gets a worker task that prepares its
 //! volumes and environment, runs its init containers then its containers, reports status after
 //! every change, and on deletion stops the processes and removes the Pod as a kubelet does.
 
@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::containers::{ContainerRun, ContainerRuntime, Restart};
 use super::pod_status::{ContainerEvent, PodStatusModel};
 use super::process::ContainerContext;
-use super::{NodeContext, env, heartbeat, lock, volumes};
+use super::{NodeContext, env, lock, volumes};
 
 /// A Pod this node runs, as the kubelet API sees it.
 pub(crate) struct PodRuntime {
@@ -39,25 +39,19 @@ struct WorkerHandle {
     task: JoinHandle<()>,
 }
 
-/// Watches Pods until the node shuts down.
+/// Watches the Pods bound to this node until the node shuts down.
 pub(super) async fn run(ctx: Arc<NodeContext>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let bound_here = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.name));
-    let unbound = watcher::Config::default().fields("spec.nodeName=");
-    let bound_events = watcher(api.clone(), bound_here)
-        .default_backoff()
-        .map_ok(|event| (true, event));
-    let unbound_events = watcher(api, unbound).default_backoff().map_ok(|event| (false, event));
-    let mut events = std::pin::pin!(futures::stream::select(bound_events, unbound_events));
+    let mut events = std::pin::pin!(watcher(api, bound_here).default_backoff());
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
-    let mut binding: HashSet<String> = HashSet::new();
     let mut relisted: HashSet<String> = HashSet::new();
     loop {
         let event = tokio::select! {
             () = ctx.shutdown.cancelled() => break,
             event = events.next() => event,
         };
-        let (is_bound, event) = match event {
+        let event = match event {
             None => break,
             Some(Err(error)) => {
                 ctx.log.line(format_args!("pod watch error (retrying): {error}"));
@@ -66,22 +60,17 @@ pub(super) async fn run(ctx: Arc<NodeContext>) {
             Some(Ok(event)) => event,
         };
         match event {
-            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) if is_bound => {
+            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                 relisted.insert(uid(&pod));
                 on_bound_pod(&ctx, &mut workers, pod);
             }
-            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                if should_bind(&ctx, &pod) && binding.insert(uid(&pod)) {
-                    tokio::spawn(bind(ctx.clone(), pod));
-                }
-            }
-            watcher::Event::Delete(pod) if is_bound => {
+            watcher::Event::Delete(pod) => {
                 if let Some(worker) = workers.remove(&uid(&pod)) {
                     worker.gone.cancel();
                 }
             }
-            watcher::Event::Init if is_bound => relisted.clear(),
-            watcher::Event::InitDone if is_bound => {
+            watcher::Event::Init => relisted.clear(),
+            watcher::Event::InitDone => {
                 // Pods deleted while the watch was down: their workers must stop.
                 workers.retain(|uid, worker| {
                     let present = relisted.contains(uid);
@@ -91,7 +80,6 @@ pub(super) async fn run(ctx: Arc<NodeContext>) {
                     present
                 });
             }
-            watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => {}
         }
     }
     for (_, worker) in workers {
@@ -125,57 +113,6 @@ fn on_bound_pod(ctx: &Arc<NodeContext>, workers: &mut HashMap<String, WorkerHand
     let gone = CancellationToken::new();
     let task = tokio::spawn(Worker::new(ctx.clone(), pod, receiver, gone.clone()).run());
     workers.insert(pod_uid, WorkerHandle { updates, gone, task });
-}
-
-/// A Pod we may bind: unscheduled, for the default scheduler, and selecting labels we carry.
-fn should_bind(ctx: &NodeContext, pod: &Pod) -> bool {
-    let Some(spec) = &pod.spec else { return false };
-    let labels = heartbeat::labels(&ctx.name);
-    let phase = pod.status.as_ref().and_then(|status| status.phase.as_deref());
-    spec.node_name.as_deref().unwrap_or_default().is_empty()
-        && pod.metadata.deletion_timestamp.is_none()
-        && !matches!(phase, Some("Succeeded" | "Failed"))
-        && matches!(spec.scheduler_name.as_deref(), None | Some("" | "default-scheduler"))
-        && spec
-            .node_selector
-            .iter()
-            .flatten()
-            .all(|(key, value)| labels.get(key).and_then(|v| v.as_str()) == Some(value))
-}
-
-/// Creates the Pod's Binding to this node, as the scheduler would.
-async fn bind(ctx: Arc<NodeContext>, pod: Pod) {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let binding = json!({
-        "apiVersion": "v1",
-        "kind": "Binding",
-        "metadata": { "name": name, "namespace": namespace, "uid": uid(&pod) },
-        "target": { "apiVersion": "v1", "kind": "Node", "name": ctx.name },
-    });
-    for attempt in 1..=10 {
-        match api
-            .create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &binding)
-            .await
-        {
-            Ok(_) => {
-                ctx.log.line(format_args!("bound pod {namespace}/{name}"));
-                return;
-            }
-            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {
-                ctx.log
-                    .line(format_args!("not binding pod {namespace}/{name}: {}", status.message));
-                return;
-            }
-            Err(error) => {
-                ctx.log.line(format_args!(
-                    "binding pod {namespace}/{name} failed (attempt {attempt}): {error}"
-                ));
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
 }
 
 /// Removes a Pod whose processes are gone, as a kubelet does once it has stopped a Pod.

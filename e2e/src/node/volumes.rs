@@ -1,8 +1,10 @@
 //! A Pod's volumes as host directories.
 //!
-//! emptyDir, Secret, ConfigMap, downwardAPI and projected volumes become directories under the
-//! Pod's own directory; a PVC resolves through its bound PersistentVolume to the PV's hostPath
-//! (the CSI simulator provisions those); hostPath is used as is.
+//! emptyDir, Secret, ConfigMap, downwardAPI and projected volumes (with ServiceAccount tokens
+//! from the TokenRequest API, as the admission-injected `kube-api-access-*` volume asks) become
+//! directories under the Pod's own directory; a PVC resolves through its bound PersistentVolume
+//! to the PV's hostPath (the CSI simulator provisions those) once the volume is attached to the
+//! Pod's node; hostPath is used as is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
@@ -10,10 +12,14 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{
-    Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Volume,
+    Container, DownwardAPIVolumeFile, KeyToPath, Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+    ServiceAccountTokenProjection, Volume,
 };
 use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
 
+use super::attach;
 use super::env::{config_map_data, field_value, resource_value, secret_data};
 use super::process::BindMount;
 
@@ -72,7 +78,12 @@ async fn prepare_one(
         return Ok(owned(&path, false));
     }
     if let Some(claim) = &volume.persistent_volume_claim {
-        let path = claim_path(client, namespace, &claim.claim_name).await?;
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.node_name.as_deref())
+            .unwrap_or_default();
+        let path = claim_path(client, namespace, &claim.claim_name, node).await?;
         return Ok(owned(&path, claim.read_only == Some(true)));
     }
     let mut files = Files::default();
@@ -110,9 +121,11 @@ async fn prepare_one(
                 files.add_keys(data, config_map.items.as_deref(), config_map.optional, &what)?;
             } else if let Some(downward) = &source.downward_api {
                 files.add_downward(pod, downward.items.as_deref())?;
+            } else if let Some(token) = &source.service_account_token {
+                let value = service_account_token(client, pod, token).await?;
+                files.add(&token.path, value.into_bytes(), None)?;
             }
-            // serviceAccountToken and clusterTrustBundle sources are left out: nothing we run
-            // talks to the API server from "inside" a Pod.
+            // clusterTrustBundle sources are left out: that API is alpha/beta everywhere.
         }
         files.write(dir, projected.default_mode.unwrap_or(0o644))?;
     } else {
@@ -123,8 +136,9 @@ async fn prepare_one(
     Ok(owned(dir, true))
 }
 
-/// PVC → bound PV → the PV's host directory.
-async fn claim_path(client: &kube::Client, namespace: &str, claim_name: &str) -> anyhow::Result<PathBuf> {
+/// PVC → bound PV → the PV's host directory, once the attach-detach controller has attached the
+/// volume to `node` (for volumes that attach to one node at a time; see [`super::attach`]).
+async fn claim_path(client: &kube::Client, namespace: &str, claim_name: &str, node: &str) -> anyhow::Result<PathBuf> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let claim = claims
         .get_opt(claim_name)
@@ -140,6 +154,17 @@ async fn claim_path(client: &kube::Client, namespace: &str, claim_name: &str) ->
         .get(&volume_name)
         .await
         .with_context(|| format!("reading PersistentVolume {volume_name}"))?;
+    if let Some(attachment) = attach::attachment_name(&volume) {
+        let node_object = Api::<Node>::all(client.clone())
+            .get(node)
+            .await
+            .with_context(|| format!("reading Node {node}"))?;
+        if !attach::is_attached(&node_object, &attachment) {
+            bail!(
+                "volume {volume_name} is not attached to node {node} yet (the attach-detach controller's Events on the Pod say why)"
+            );
+        }
+    }
     let spec = volume.spec.unwrap_or_default();
     let path = spec
         .host_path
@@ -149,6 +174,53 @@ async fn claim_path(client: &kube::Client, namespace: &str, claim_name: &str) ->
     let path = PathBuf::from(path);
     std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     Ok(path)
+}
+
+/// A token for the Pod's ServiceAccount from the TokenRequest API, bound to the Pod (it stops
+/// working when the Pod is deleted), with the projection's audience and lifetime, as a kubelet
+/// requests it. Tokens are not refreshed: the lifetime (at least 10 minutes, an hour by default,
+/// extended by the API server for the admission-injected volume) must cover the Pod's life.
+async fn service_account_token(
+    client: &kube::Client,
+    pod: &Pod,
+    projection: &ServiceAccountTokenProjection,
+) -> anyhow::Result<String> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.service_account_name.as_deref())
+        .filter(|name| !name.is_empty())
+        .unwrap_or("default");
+    let audiences: Vec<&str> = projection
+        .audience
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .into_iter()
+        .collect();
+    let request = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "audiences": audiences,
+            "expirationSeconds": projection.expiration_seconds.unwrap_or(3600),
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod.metadata.name,
+                "uid": pod.metadata.uid,
+            },
+        },
+    });
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let response: serde_json::Value = accounts
+        .create_subresource("token", account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{account}"))?;
+    response["status"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("the TokenRequest for ServiceAccount {namespace}/{account} returned no token"))
 }
 
 /// Files of a Secret, ConfigMap or downwardAPI volume before they are written: relative path →
