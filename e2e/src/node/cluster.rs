@@ -49,13 +49,13 @@ impl ClusterSimulator {
     pub fn start(client: kube::Client, workdir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(workdir)?;
         let log_path = workdir.join("scheduler.log");
-        let log = NodeLog::create(&log_path)?;
+        let log = Arc::new(NodeLog::create(&log_path)?);
         let (changes, _) = watch::channel(0_u64);
         let mut tasks = Vec::new();
-        let pods = reflect(Api::all(client.clone()), &changes, &mut tasks);
-        let nodes = reflect(Api::all(client.clone()), &changes, &mut tasks);
-        let claims = reflect(Api::all(client.clone()), &changes, &mut tasks);
-        let volumes = reflect(Api::all(client.clone()), &changes, &mut tasks);
+        let pods = reflect(Api::all(client.clone()), &changes, &log, &mut tasks);
+        let nodes = reflect(Api::all(client.clone()), &changes, &log, &mut tasks);
+        let claims = reflect(Api::all(client.clone()), &changes, &log, &mut tasks);
+        let volumes = reflect(Api::all(client.clone()), &changes, &log, &mut tasks);
         let shutdown = CancellationToken::new();
         let view = Arc::new(ClusterView {
             client,
@@ -103,7 +103,7 @@ impl Drop for ClusterSimulator {
 /// What the scheduler and the attach-detach controller see of the cluster.
 pub(super) struct ClusterView {
     pub(super) client: kube::Client,
-    pub(super) log: NodeLog,
+    pub(super) log: Arc<NodeLog>,
     pub(super) pods: Store<Pod>,
     pub(super) nodes: Store<Node>,
     pub(super) claims: Store<PersistentVolumeClaim>,
@@ -176,18 +176,30 @@ impl Passes<'_> {
 }
 
 /// A reflector cache of every `K`, bumping `changes` on each event.
-fn reflect<K>(api: Api<K>, changes: &watch::Sender<u64>, tasks: &mut Vec<JoinHandle<()>>) -> Store<K>
+fn reflect<K>(
+    api: Api<K>,
+    changes: &watch::Sender<u64>,
+    log: &Arc<NodeLog>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Store<K>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let (reader, writer) = reflector::store();
     let changes = changes.clone();
+    let log = log.clone();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
     tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        // Errors are retried by the backoff; the caches stay as they were meanwhile.
-        while stream.next().await.is_some() {
+        while let Some(event) = stream.next().await {
+            // Errors are retried by the backoff; the caches stay as they were meanwhile.
+            if let Err(error) = event {
+                log.line(format_args!(
+                    "watching {} failed (retrying): {error}",
+                    K::plural(&K::DynamicType::default())
+                ));
+            }
             changes.send_modify(|count| *count = count.wrapping_add(1));
         }
     }));

@@ -81,6 +81,8 @@ impl Scheduler {
             .filter(|node| node.metadata.deletion_timestamp.is_none())
             .collect();
         nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        view.log
+            .line(format_args!("pass: {} pods, {} nodes", pods.len(), nodes.len()));
         let uid = |pod: &Pod| pod.metadata.uid.clone().unwrap_or_default();
         let live: HashSet<String> = pods.iter().map(|pod| uid(pod)).collect();
         self.assumed.retain(|pod_uid, _| live.contains(pod_uid));
